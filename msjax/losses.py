@@ -1,0 +1,227 @@
+"""Segmentation losses of the maximum squares paper, in pure jax.numpy.
+
+Everything here follows section 4 of ../shared/REFERENCE.md. Conventions:
+
+* Logits are NHWC ``[N, H, W, C]``; labels are integer ``[N, H, W]``.
+* Every loss is computed in float32 whatever the logits' dtype (bfloat16 logits from a mixed
+  precision model are upcast first), and returns a float32 scalar.
+* Every loss is ``jax.jit``-compiled with its hyper-parameters static, never pulls a value
+  to the host, and is safe to call inside a larger jitted train step (the nested jit is
+  inlined by XLA). ``target_loss`` is a plain Python dispatch on a config string: bind the
+  name outside jit.
+* Probabilities come from ``jax.nn.softmax`` / ``jax.nn.log_softmax``, which subtract the
+  per-pixel maximum first, so logits of magnitude 100 give finite values and gradients.
+
+The target-domain losses (``max_square``, ``iw_max_square``, ``entropy``,
+``hard_pseudo_label``) can be picked by name with :func:`target_loss`.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+IGNORE_INDEX = 255
+
+TARGET_LOSSES = ("maxsquare", "iw_maxsquare", "entropy", "hard")
+
+
+def _masked_mean_ce(logits, labels, valid):
+    """Mean cross-entropy over the pixels where ``valid`` is true; 0 when there are none.
+
+    Args:
+      logits: float32 ``[N, H, W, C]``.
+      labels: int ``[N, H, W]``; values where ``valid`` is false are never read as classes.
+      valid: bool ``[N, H, W]``.
+
+    Returns:
+      A float32 scalar.
+    """
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    # Ignored pixels may hold any sentinel (255, -1): point them at class 0 so the gather
+    # stays in bounds; the mask below removes them from both the sum and its gradient.
+    safe = jnp.where(valid, labels, 0).astype(jnp.int32)
+    nll = -jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
+    total = jnp.sum(jnp.where(valid, nll, 0.0))
+    # max(count, 1): with no valid pixel the sum is exactly 0, so the loss is 0 (PyTorch's
+    # mean reduction would give 0/0 = NaN) and its gradient is 0 too.
+    count = jnp.maximum(jnp.sum(valid, dtype=jnp.float32), 1.0)
+    return total / count
+
+
+@functools.partial(jax.jit, static_argnames=("ignore_index",))
+def cross_entropy(logits, labels, ignore_index=IGNORE_INDEX):
+    """Softmax cross-entropy averaged over the non-ignored pixels.
+
+    Args:
+      logits: ``[N, H, W, C]`` logits, any float dtype.
+      labels: integer ``[N, H, W]`` class ids in ``[0, C)``, or ``ignore_index``. Any other
+        out-of-range value is ignored as well (PyTorch would raise; inside jit we cannot).
+      ignore_index: label value that marks pixels without ground truth.
+
+    Returns:
+      float32 scalar: the mean over non-ignored pixels, 0 (not NaN) when all are ignored.
+    """
+    num_classes = logits.shape[-1]
+    valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
+    return _masked_mean_ce(logits.astype(jnp.float32), labels, valid)
+
+
+@jax.jit
+def max_square(logits):
+    """Maximum squares loss: ``-sum(p^2) / (2 N C H W)``, with ``p = softmax(logits)``.
+
+    Its gradient with respect to a class probability is linear in that probability, so
+    confident (easy) pixels do not dominate training the way they do under entropy
+    minimisation. The probabilities are not detached.
+
+    Args:
+      logits: ``[N, H, W, C]`` logits of the main head, any float dtype.
+
+    Returns:
+      float32 scalar (negative; -1/(2C) at a one-hot prediction).
+    """
+    p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.mean(jnp.square(p)) / 2.0
+
+
+@functools.partial(jax.jit, static_argnames=("ratio",))
+def iw_pixel_weights(logits, ratio=0.2):
+    """Image-wise class-balancing weights of the IW maximum squares loss.
+
+    Per image: ``n_c`` = number of pixels whose argmax is class ``c``; class weight
+    ``w_c = 1 / max(n_c^ratio * (H W)^(1 - ratio), 1)``; each pixel gets the weight of its
+    own argmax class. Frequent classes get smaller weights. No gradient flows through them.
+
+    Args:
+      logits: ``[N, H, W, C]`` logits, any float dtype.
+      ratio: the exponent ``a`` (0.2 in the paper); 0 gives uniform weights ``1/(HW)``.
+
+    Returns:
+      float32 ``[N, H, W]`` pixel weights.
+    """
+    logits = jax.lax.stop_gradient(logits.astype(jnp.float32))
+    _, height, width, num_classes = logits.shape
+    # The original takes the argmax of the probabilities; do the same so that the rare
+    # pixels where softmax rounding creates a tie resolve identically.
+    pred = jnp.argmax(jax.nn.softmax(logits, axis=-1), axis=-1)
+    one_hot = jax.nn.one_hot(pred, num_classes, dtype=jnp.float32)
+    # Per-image histogram as a vectorised count (exact in float32 below 2^24 pixels): this
+    # is what fixes the original, which shares one argmax map across the batch.
+    counts = one_hot.sum(axis=(1, 2))  # [N, C]
+    num_pixels = jnp.float32(height * width)
+    denom = jnp.power(counts, ratio) * jnp.power(num_pixels, 1.0 - ratio)
+    class_weights = 1.0 / jnp.maximum(denom, 1.0)  # [N, C]
+    # Gather by a masked sum over classes: exactly one term is non-zero, so this is exact on
+    # every backend (a matmul could be rounded to TF32 on GPU).
+    return jnp.sum(one_hot * class_weights[:, None, None, :], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("ratio",))
+def iw_max_square(logits, ratio=0.2):
+    """Image-wise weighted maximum squares: ``-sum_{n,c,h,w} p^2 W[n,h,w] / (N C)``.
+
+    ``W`` comes from :func:`iw_pixel_weights` and is computed per image, so unlike the
+    original this is correct for any batch size; at batch 1 the two agree exactly. There
+    is no factor 1/2 here (faithful to the original).
+
+    Args:
+      logits: ``[N, H, W, C]`` logits of the main head, any float dtype.
+      ratio: the class-balancing exponent ``a`` (0.2 in the paper).
+
+    Returns:
+      float32 scalar.
+    """
+    num, _, _, num_classes = logits.shape
+    p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    weights = iw_pixel_weights(logits, ratio=ratio)
+    weighted = jnp.sum(jnp.square(p), axis=-1) * weights
+    return -jnp.sum(weighted) / (num * num_classes)
+
+
+@jax.jit
+def entropy(logits):
+    """MinEnt baseline: mean over ``N C H W`` of ``-log_softmax(logits) * p``.
+
+    Written as ``p * log_softmax`` rather than ``p * log(p)``: when ``p`` underflows to 0 the
+    log-softmax stays finite, so the product is 0 instead of ``0 * -inf = NaN``.
+
+    Args:
+      logits: ``[N, H, W, C]`` logits, any float dtype.
+
+    Returns:
+      float32 scalar: the mean per-pixel entropy divided by ``C``. ``p`` is not detached.
+    """
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.mean(jnp.exp(log_p) * log_p)
+
+
+@functools.partial(jax.jit, static_argnames=("threshold",))
+def hard_pseudo_label(logits, threshold=0.95):
+    """Hard pseudo-label baseline: cross-entropy against the model's own argmax.
+
+    Args:
+      logits: ``[N, H, W, C]`` logits, any float dtype.
+      threshold: pixels whose maximum probability is ``<= threshold`` are ignored.
+
+    Returns:
+      float32 scalar: mean CE over the kept pixels, 0 when none is kept. The pseudo-labels
+      and the mask carry no gradient.
+    """
+    logits = logits.astype(jnp.float32)
+    p = jax.lax.stop_gradient(jax.nn.softmax(logits, axis=-1))
+    labels = jnp.argmax(p, axis=-1)
+    keep = jnp.max(p, axis=-1) > threshold
+    return _masked_mean_ce(logits, labels, keep)
+
+
+@functools.partial(jax.jit, static_argnames=("threshold",))
+def multi_level_guidance(main_logits, aux_logits, threshold=0.95):
+    """Multi-level self-produced guidance: CE on the aux head against fused pseudo-labels.
+
+    Labels are ``argmax((softmax(main) + softmax(aux)) / 2)``, kept where the maximum of
+    either softmax exceeds ``threshold`` (0.95; 0.98 for cross-city). Only the CE term is
+    returned: the caller multiplies it by ``lambda_seg * lambda_target``.
+
+    Args:
+      main_logits: ``[N, H, W, C]`` logits of the main head (used for labels only: it gets
+        no gradient from this term).
+      aux_logits: ``[N, H, W, C]`` logits of the auxiliary head, which the CE trains.
+      threshold: confidence threshold on either head's maximum probability.
+
+    Returns:
+      float32 scalar: mean CE over the kept pixels; 0 with a zero gradient when none is kept.
+    """
+    aux_logits = aux_logits.astype(jnp.float32)
+    q_main = jax.lax.stop_gradient(jax.nn.softmax(main_logits.astype(jnp.float32), axis=-1))
+    q_aux = jax.lax.stop_gradient(jax.nn.softmax(aux_logits, axis=-1))
+    labels = jnp.argmax((q_main + q_aux) / 2.0, axis=-1)
+    keep = (jnp.max(q_main, axis=-1) > threshold) | (jnp.max(q_aux, axis=-1) > threshold)
+    return _masked_mean_ce(aux_logits, labels, keep)
+
+
+def target_loss(name, logits, *, ratio=0.2, threshold=0.95):
+    """Target-domain loss selected by its config name.
+
+    Args:
+      name: one of ``TARGET_LOSSES``: 'maxsquare', 'iw_maxsquare', 'entropy' or 'hard'.
+        A Python string, so bind it outside jit (e.g. with ``functools.partial``).
+      logits: ``[N, H, W, C]`` main-head logits on the target image.
+      ratio: IW exponent, used by 'iw_maxsquare' only.
+      threshold: confidence threshold, used by 'hard' only.
+
+    Returns:
+      float32 scalar, before multiplication by ``lambda_target``.
+
+    Raises:
+      ValueError: for an unknown name.
+    """
+    if name == "maxsquare":
+        return max_square(logits)
+    if name == "iw_maxsquare":
+        return iw_max_square(logits, ratio=ratio)
+    if name == "entropy":
+        return entropy(logits)
+    if name == "hard":
+        return hard_pseudo_label(logits, threshold=threshold)
+    raise ValueError(f"Unknown target loss {name!r}; expected one of {TARGET_LOSSES}.")
