@@ -245,10 +245,10 @@ def max_pool_ceil(x: jax.Array, window: int = 3, stride: int = 2, padding: int =
         return padding, (out - 1) * stride + window - n - padding
 
     _, h, w, _ = x.shape
-    init = jnp.array(-jnp.inf, dtype=x.dtype)
+    # A Python -inf init lets JAX recognise the max monoid (differentiable reduce_window_max).
     return lax.reduce_window(
         x,
-        init,
+        -jnp.inf,
         lax.max,
         window_dimensions=(1, window, window, 1),
         window_strides=(1, stride, stride, 1),

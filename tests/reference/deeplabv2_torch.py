@@ -185,8 +185,8 @@ def load_flax_heads_(model: DeepLabV2Torch, params) -> DeepLabV2Torch:
         for head in ("layer5", "layer6"):
             for i, conv in enumerate(getattr(model, head).conv2d_list):
                 p = params[head][f"conv2d_list_{i}"]
-                conv.weight.copy_(torch.from_numpy(np.asarray(p["kernel"]).transpose(3, 2, 0, 1)))
-                conv.bias.copy_(torch.from_numpy(np.asarray(p["bias"])))
+                conv.weight.copy_(torch.from_numpy(np.array(p["kernel"]).transpose(3, 2, 0, 1)))
+                conv.bias.copy_(torch.from_numpy(np.array(p["bias"])))
     return model
 
 

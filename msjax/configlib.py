@@ -1,0 +1,167 @@
+"""Pieces that the experiment configs in configs/ share: the full field list and `smoke`.
+
+A config is data: an `ml_collections.ConfigDict` with every field the trainer reads, set to
+the original's hyper-parameters (../shared/REFERENCE.md section 5) by default. Experiment
+files change only what differs. Fields:
+
+  seed, batch_pairs (global source+target pairs per step), data_dir, distributed
+  model.*   DeepLabV2 fields (num_classes, blocks, width, stride_on, aspp_branches, bn_mode,
+            atrous, dtype)
+  init.*    checkpoint (a weights folder from msjax.convert or a run's best/final; '' for the
+            original's random initialisation), normalization (used only without a checkpoint)
+  source.*, target.*   training streams (dataset, config, split, flip, blur, random_scale,
+            crop_size, shuffle_buffer)
+  eval.*    target validation (dataset, config, split, batch_size, every_steps)
+  loss.*    target ('maxsquare', 'iw_maxsquare', 'entropy', 'hard' or 'none'), lambda_target,
+            iw_ratio, threshold, multi_level, multi_threshold, lambda_seg, ignore_index
+  optim.*   lr, momentum, weight_decay, poly_power, iter_max, groups {group: lr multiplier},
+            rules ('faithful' or a list of [regex, group])
+  train.*   steps, log_every, checkpoint_every, keep_checkpoints, tensorboard, num_images
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+EPOCH_STEPS = 2975  # the length of Cityscapes train: one "epoch" of the original
+
+
+def stream(dataset: str, config: str, split: str = "train") -> ml_collections.ConfigDict:
+    """A training stream's fields, with the original's augmentation (flip + blur)."""
+    return ml_collections.ConfigDict(
+        dict(
+            dataset=dataset,
+            config=config,
+            split=split,
+            flip=True,
+            blur=True,
+            random_scale=config_dict.placeholder(tuple),
+            crop_size=config_dict.placeholder(tuple),
+            shuffle_buffer=256,
+        )
+    )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """GTA5 -> Cityscapes with maximum squares, every hyper-parameter as the original."""
+    c = ml_collections.ConfigDict()
+    c.experiment = "train"  # 'demo' runs msjax.demo's three-stage comparison instead
+    c.seed = 0
+    c.batch_pairs = 1
+    c.data_dir = ""
+    c.distributed = False
+    c.model = ml_collections.ConfigDict(
+        dict(
+            num_classes=19,
+            blocks=(3, 4, 23, 3),
+            width=64,
+            stride_on="1x1",
+            aspp_branches=2,
+            bn_mode="per_image",
+            atrous="native",
+            dtype="float32",
+        )
+    )
+    c.init = ml_collections.ConfigDict(dict(checkpoint="", normalization="caffe_bgr"))
+    c.source = stream("gta5", "1280x720")
+    c.target = stream("cityscapes", "1024x512")
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            dataset="cityscapes",
+            config="1024x512",
+            split="val",
+            batch_size=1,
+            every_steps=EPOCH_STEPS,
+        )
+    )
+    c.loss = ml_collections.ConfigDict(
+        dict(
+            target="maxsquare",
+            lambda_target=0.1,
+            iw_ratio=0.2,
+            threshold=0.95,
+            multi_level=False,
+            multi_threshold=0.95,
+            lambda_seg=0.1,
+            ignore_index=255,
+        )
+    )
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            lr=2.5e-4,
+            momentum=0.9,
+            weight_decay=5e-4,
+            poly_power=0.9,
+            iter_max=29_760,
+            groups={"backbone": 1.0, "head": 10.0},
+            rules="faithful",
+        )
+    )
+    c.train = ml_collections.ConfigDict(
+        dict(
+            steps=10 * EPOCH_STEPS,
+            log_every=50,
+            checkpoint_every=1000,
+            keep_checkpoints=2,
+            tensorboard=True,
+            num_images=3,
+        )
+    )
+    return c
+
+
+def set_variant(c: ml_collections.ConfigDict, variant: str) -> None:
+    """Applies a loss variant shared by the adaptation configs.
+
+    maxsquare | iw | iw_multi | minent | hard | source (source-only training).
+    """
+    if variant == "maxsquare":
+        c.loss.target = "maxsquare"
+    elif variant == "iw":
+        c.loss.target = "iw_maxsquare"
+    elif variant == "iw_multi":
+        c.loss.target = "iw_maxsquare"
+        c.loss.multi_level = True
+        c.loss.lambda_target = 0.09
+    elif variant == "minent":
+        c.loss.target = "entropy"
+    elif variant == "hard":
+        c.loss.target = "hard"
+    elif variant == "source":
+        c.loss.target = "none"
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+
+
+def parse_arg(arg: str | None, variants: tuple[str, ...], default: str) -> tuple[str, bool]:
+    """`'iw,smoke'` -> ('iw', True). Raises ValueError listing the valid arguments."""
+    words = [w for w in (arg or "").split(",") if w]
+    smoke = "smoke" in words
+    rest = [w for w in words if w != "smoke"]
+    if len(rest) > 1 or (rest and rest[0] not in variants):
+        raise ValueError(
+            f"unknown config argument {arg!r}; valid: one of {', '.join(variants)}, "
+            "optionally with ',smoke' (e.g. 'iw,smoke'), or 'smoke' alone"
+        )
+    return (rest[0] if rest else default), smoke
+
+
+def apply_smoke(c: ml_collections.ConfigDict) -> None:
+    """Shrinks an experiment to a CPU smoke test: same losses and policy, tiny everything.
+
+    The model becomes a tiny DeepLabV2 (blocks [1,1,1,1], width 8) from random init, both
+    streams read the generated synthetic data sets (no download; prepared on first use),
+    and the run lasts two steps with one evaluation.
+    """
+    c.model.blocks = (1, 1, 1, 1)
+    c.model.width = 8
+    c.init.checkpoint = ""
+    c.source.dataset, c.source.config = "synthetic_source", "128x64"
+    c.target.dataset, c.target.config = "synthetic_target", "128x64"
+    c.eval.dataset, c.eval.config, c.eval.split = "synthetic_target", "128x64", "val"
+    c.eval.batch_size = 8
+    c.eval.every_steps = 2
+    c.train.steps = 2
+    c.train.log_every = 1
+    c.train.checkpoint_every = 2

@@ -1,0 +1,417 @@
+"""TFDS builders: a raw data set folder (TFDS `manual_dir`) -> a prepared, verified data set.
+
+Each builder decodes every pair once, maps label ids to 19-class train ids (uint8, 255 =
+ignore), resizes to its config's resolution (image bicubic, label nearest, as the original
+does per step) and stores both as PNG. Workers decode and encode in threads (PIL and zlib
+release the GIL), so TFDS's writer only copies bytes. Nothing is downloaded: the builders
+never touch the network (no GCS lookup, no checksums, statistics skipped).
+
+Prepared data lives in `DATA_DIR/<dataset>/<config>/1.0.0/`. Builders are not entered in
+TFDS's global registry (TFDS ships its own `cityscapes`); use `BUILDERS` and `load_builder`.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from msjax.data import DataError, datasets, hide_gpus_from_tensorflow, labels, synthetic
+
+tf = hide_gpus_from_tensorflow()
+import tensorflow_datasets as tfds  # noqa: E402
+
+# Never ask GCS for pre-computed dataset infos (it is off by default in this TFDS version; the
+# flag is private, hence the guard).
+if hasattr(tfds.core.utils.gcs_utils, "_is_gcs_disabled"):
+    tfds.core.utils.gcs_utils._is_gcs_disabled = True
+
+VERSION = "1.0.0"
+_PNG_LEVEL = 3  # Build speed over a few % of disk: PNG decode speed barely depends on it.
+
+
+class BadPairError(DataError):
+    """One pair cannot be used: unreadable, truncated, or label and image sizes differ."""
+
+
+@dataclasses.dataclass
+class Stats:
+    """What a build saw, for the closing summary of `python -m msjax.prepare`."""
+
+    examples: dict = dataclasses.field(default_factory=lambda: collections.Counter())
+    raw_sizes: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    histogram: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(256, np.int64))
+    outside_pixels: int = 0
+    outside_files: int = 0
+    bad: list = dataclasses.field(default_factory=list)  # (image path, message), --skip-bad
+
+
+class Config(tfds.core.BuilderConfig):
+    """A stored resolution (and, for NTHU, a city).
+
+    Attributes:
+      size: (width, height) the examples are resized to, or None to keep the native size.
+      city: NTHU city or None.
+      num_examples: synthetic sets only: split -> number of generated scenes.
+    """
+
+    def __init__(self, *, size=None, city=None, num_examples=None, **kwargs):
+        super().__init__(version=VERSION, **kwargs)
+        self.size = size
+        self.city = city
+        self.num_examples = num_examples
+
+
+def _res_configs(sizes, city=None):
+    prefix = f"{city}_" if city else ""
+    out = [Config(name=f"{prefix}{w}x{h}", size=(w, h), city=city) for w, h in sizes]
+    out.append(Config(name=f"{prefix}full", size=None, city=city, description="native size"))
+    return out
+
+
+def _open_image(path: Path) -> Image.Image:
+    """Fully decodes an RGB image; unreadable or truncated files raise DataError."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise BadPairError(f"cannot read image {path}: {e} (unreadable or truncated file).") from e
+
+
+def _read_label_ids(path: Path, table: str) -> np.ndarray:
+    """Raw label ids [H, W]; SYNTHIA labels are 16-bit multi-channel PNGs (id in channel 0)."""
+    if table == "synthia":
+        data = path.read_bytes()
+        try:
+            # Bit depth sits at byte 24 of the IHDR chunk; PIL cannot read 16-bit RGB PNGs.
+            dtype = tf.uint16 if len(data) > 24 and data[24] == 16 else tf.uint8
+            ids = tf.io.decode_png(data, channels=0, dtype=dtype).numpy()
+        except (tf.errors.InvalidArgumentError, tf.errors.OpError) as e:
+            raise BadPairError(f"cannot read label {path}: unreadable or truncated PNG.") from e
+        return ids[..., 0]
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("L", "P", "I", "I;16"):
+                raise BadPairError(
+                    f"label {path} has mode {img.mode}; expected a single-channel PNG of ids."
+                )
+            return np.asarray(img)
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, BadPairError):
+            raise
+        raise BadPairError(f"cannot read label {path}: {e} (unreadable or truncated PNG).") from e
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=_PNG_LEVEL)
+    return buf.getvalue()
+
+
+def process_pair(pair: datasets.Pair, table: str, size) -> tuple[dict, dict]:
+    """Decodes, maps, resizes and encodes one raw pair.
+
+    Args:
+      pair: the raw files.
+      table: label table name ("cityscapes" or "synthia").
+      size: (width, height) to resize to, or None.
+
+    Returns:
+      (example dict for TFDS, per-example stats dict).
+    """
+    image = _open_image(pair.image)
+    raw_size = image.size
+    w, h = raw_size
+    outside = 0
+    if pair.label is None:
+        train_ids = np.full((h, w), labels.IGNORE, np.uint8)
+    else:
+        ids = _read_label_ids(pair.label, table)
+        if ids.shape != (h, w):
+            raise BadPairError(
+                f"label {pair.label} is {ids.shape[1]}x{ids.shape[0]} but its image "
+                f"{pair.image} is {w}x{h} (width x height); they must match."
+            )
+        # Values the table does not define become ignore; they are counted, not fatal.
+        outside = int(np.count_nonzero(ids > labels.max_defined_id(table)))
+        lut = labels.id_to_train_id_lut(table)
+        train_ids = lut[np.minimum(ids, 255).astype(np.intp)]
+    label_img = Image.fromarray(train_ids)
+    if size is not None and tuple(size) != raw_size:
+        image = image.resize(tuple(size), Image.BICUBIC)
+        label_img = label_img.resize(tuple(size), Image.NEAREST)
+    label = np.asarray(label_img)
+    example = {"image": _png(np.asarray(image)), "label": _png(label), "id": pair.key}
+    stats = {
+        "raw_size": raw_size,
+        "outside": outside,
+        "hist": np.bincount(label.ravel(), None, 256),
+    }
+    return example, stats
+
+
+class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Shared machinery: schema, threaded example generation, statistics."""
+
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {str(VERSION): "First msjax release."}
+    LABEL_TABLE = "cityscapes"
+    DATASET = ""
+    # Nothing is downloaded: no URL checksums to look up (TFDS would otherwise locate a
+    # checksums file next to this module, which needs the optional importlib_resources).
+    url_infos: dict = {}
+
+    def __init__(
+        self, *args, layout=None, progress=None, num_workers=None, skip_bad=False, **kwargs
+    ):
+        super().__init__(*args, **kwargs)
+        self.layout = layout
+        # False: the first unreadable or mismatched pair stops the build (nothing is written).
+        # True: such pairs are skipped and listed in the summary (GTA5 ships a few).
+        self.skip_bad = skip_bad
+        self.progress = progress  # callable(iterable, total) -> iterable (a progress bar), or None
+        self.num_workers = num_workers or min(16, os.cpu_count() or 1)
+        self.stats = Stats()
+
+    def _info(self):
+        size = self.builder_config.size
+        h, w = (size[1], size[0]) if size else (None, None)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(h, w, 3), encoding_format="png"),
+                    # 19-class train ids, 255 = ignore.
+                    "label": tfds.features.Image(shape=(h, w, 1), encoding_format="png"),
+                    "id": tfds.features.Text(),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            metadata=tfds.core.MetadataDict(
+                size=list(size) if size else None, label_space="cityscapes_train_ids_19"
+            ),
+        )
+
+    def _get_layout(self, dl_manager) -> datasets.Layout:
+        if self.layout is None:
+            self.layout = datasets.discover(
+                self.DATASET, dl_manager.manual_dir, city=self.builder_config.city
+            )
+        return self.layout
+
+    def _split_generators(self, dl_manager):
+        layout = self._get_layout(dl_manager)
+        return {split: self._generate_examples(pairs) for split, pairs in layout.splits.items()}
+
+    def _generate_examples(self, pairs):
+        size = self.builder_config.size
+
+        def work(pair):
+            try:
+                return process_pair(pair, self.LABEL_TABLE, size)
+            except BadPairError as e:
+                if not self.skip_bad:
+                    raise
+                return None, str(e)
+
+        kept = 0
+        with concurrent.futures.ThreadPoolExecutor(self.num_workers) as pool:
+            results = _ordered_map(pool, work, pairs, window=4 * self.num_workers)
+            if self.progress is not None:
+                results = self.progress(results, len(pairs))
+            for pair, (example, stats) in zip(pairs, results, strict=True):
+                if example is None:
+                    self.stats.bad.append((pair.image, stats))
+                    continue
+                self.stats.raw_sizes[stats["raw_size"]] += 1
+                self.stats.histogram += stats["hist"]
+                self.stats.outside_pixels += stats["outside"]
+                self.stats.outside_files += bool(stats["outside"])
+                kept += 1
+                yield pair.key, example
+        if pairs and not kept:
+            raise DataError(
+                f"{self.DATASET}: every pair of a split was unreadable or mismatched, e.g. "
+                f"{self.stats.bad[0][1]}"
+            )
+
+
+def _ordered_map(pool, fn, items, window):
+    """pool.map with a bounded number of results in flight (keeps memory flat)."""
+    futures = collections.deque()
+    items = iter(items)
+    for item in items:
+        futures.append(pool.submit(fn, item))
+        if len(futures) >= window:
+            yield futures.popleft().result()
+    while futures:
+        yield futures.popleft().result()
+
+
+class Gta5(_Builder, skip_registration=True):
+    """GTA5 (Richter et al. 2016): images/NNNNN.png, labels/NNNNN.png in Cityscapes ids."""
+
+    name = DATASET = "gta5"
+    BUILDER_CONFIGS = _res_configs([(1280, 720)])
+
+
+class Synthia(_Builder, skip_registration=True):
+    """SYNTHIA-RAND-CITYSCAPES: RGB/NNNNNNN.png, 16-bit GT/LABELS/NNNNNNN.png."""
+
+    name = DATASET = "synthia"
+    LABEL_TABLE = "synthia"
+    BUILDER_CONFIGS = _res_configs([(1280, 760)])
+
+
+class Cityscapes(_Builder, skip_registration=True):
+    """Cityscapes fine annotations: leftImg8bit/ and gtFine/*_gtFine_labelIds.png."""
+
+    name = DATASET = "cityscapes"
+    BUILDER_CONFIGS = _res_configs([(1024, 512), (1280, 640)])
+
+
+class Nthu(_Builder, skip_registration=True):
+    """NTHU cross-city (Chen et al. 2017): one config per city and resolution."""
+
+    name = DATASET = "nthu"
+    BUILDER_CONFIGS = [
+        c for city in datasets.NTHU_CITIES for c in _res_configs([(1024, 512)], city)
+    ]
+
+
+def _synthetic_configs():
+    sizes = [(128, 64), (192, 96), (256, 128)]
+    counts = {"train": 400, "val": 100}
+    return [Config(name=f"{w}x{h}", size=(w, h), num_examples=counts) for w, h in sizes]
+
+
+class _Synthetic(_Builder, skip_registration=True):
+    """Procedural street scenes (msjax.data.synthetic); generated, nothing read or fetched."""
+
+    STYLE = ""
+    BUILDER_CONFIGS = _synthetic_configs()
+
+    def _split_generators(self, dl_manager):
+        return {
+            split: self._generate_synthetic(split, n)
+            for split, n in self.builder_config.num_examples.items()
+        }
+
+    def _generate_synthetic(self, split, n):
+        w, h = self.builder_config.size
+        indices = range(n)
+        if self.progress is not None:
+            indices = self.progress(indices, n)
+        for i in indices:
+            image, label = synthetic.render(self.STYLE, split, i, height=h, width=w)
+            self.stats.raw_sizes[(w, h)] += 1
+            self.stats.histogram += np.bincount(label.ravel(), None, 256)
+            key = f"{self.STYLE}_{split}_{i:05d}"
+            yield key, {"image": _png(image), "label": _png(label), "id": key}
+
+
+class SyntheticSource(_Synthetic, skip_registration=True):
+    """The "synthetic" style: flat colours, sharp edges (the source domain)."""
+
+    name = DATASET = "synthetic_source"
+    STYLE = "source"
+
+
+class SyntheticTarget(_Synthetic, skip_registration=True):
+    """The "real" style: shifted palette, textures, noise, blur (the target domain)."""
+
+    name = DATASET = "synthetic_target"
+    STYLE = "target"
+
+
+BUILDERS = {
+    cls.name: cls for cls in (Gta5, Synthia, Cityscapes, Nthu, SyntheticSource, SyntheticTarget)
+}
+DEFAULT_CONFIGS = {
+    "gta5": ["1280x720"],
+    "synthia": ["1280x760"],
+    "cityscapes": ["1024x512"],
+    "nthu": [f"{c}_1024x512" for c in datasets.NTHU_CITIES],
+    "synthetic_source": ["192x96"],
+    "synthetic_target": ["192x96"],
+}
+
+
+def config_names(dataset: str) -> list[str]:
+    """Valid config names of a data set.
+
+    Args:
+      dataset: a key of BUILDERS.
+
+    Returns:
+      The config names, in declaration order.
+    """
+    return [c.name for c in builder_class(dataset).BUILDER_CONFIGS]
+
+
+def builder_class(dataset: str):
+    """The builder class of a data set name, or a DataError listing the valid names."""
+    if dataset not in BUILDERS:
+        raise DataError(f"unknown data set {dataset!r}; valid data sets: {sorted(BUILDERS)}.")
+    return BUILDERS[dataset]
+
+
+def check_config(dataset: str, config: str) -> None:
+    """Raises a DataError listing the valid config names if `config` is not one of them."""
+    valid = config_names(dataset)
+    if config not in valid:
+        raise DataError(f"{dataset}: unknown config {config!r}; valid configs: {valid}.")
+
+
+def prepared_configs(dataset: str, data_dir) -> list[str]:
+    """Configs of a data set already prepared under `data_dir`."""
+    root = Path(data_dir) / dataset
+    return sorted(
+        c for c in config_names(dataset) if (root / c / VERSION / "dataset_info.json").is_file()
+    )
+
+
+def load_builder(dataset: str, config: str, data_dir):
+    """Opens a prepared data set, checking that it was prepared at the config's resolution.
+
+    Args:
+      dataset: data set name (see BUILDERS).
+      config: config name, e.g. "1280x720" or "rome_1024x512".
+      data_dir: the folder given to `python -m msjax.prepare --data-dir`.
+
+    Returns:
+      A TFDS builder whose `as_dataset` reads the prepared files.
+
+    Raises:
+      DataError: unknown names, data not prepared, or prepared at another resolution.
+    """
+    check_config(dataset, config)
+    data_dir = Path(data_dir).expanduser()
+    path = data_dir / dataset / config / VERSION
+    if not (path / "dataset_info.json").is_file():
+        found = prepared_configs(dataset, data_dir) if data_dir.is_dir() else []
+        raise DataError(
+            f"{dataset} is not prepared at config {config!r} in {path} (prepared configs "
+            f"there: {found or 'none'}). Run: python -m msjax.prepare {dataset} RAW_DIR "
+            f"--data-dir {data_dir} --config {config}"
+        )
+    builder = builder_class(dataset)(data_dir=os.fspath(data_dir), config=config)
+    want = builder.builder_config.size
+    stored = builder.info.metadata.get("size") if builder.info.metadata else None
+    shape = builder.info.features["image"].shape
+    got = (shape[1], shape[0]) if shape[0] is not None else None
+    if (tuple(stored) if stored else None) != (tuple(want) if want else None) or got != (
+        tuple(want) if want else None
+    ):
+        raise DataError(
+            f"{path} holds {dataset} prepared at {stored or got or 'native size'} but config "
+            f"{config!r} asks for {want or 'native size'}; prepare it again with --config {config}."
+        )
+    return builder

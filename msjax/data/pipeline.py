@@ -1,0 +1,393 @@
+"""The input pipeline: prepared TFDS data sets -> deterministic numpy batches.
+
+Training streams are pure functions of (config, seed, step):
+- each host reads a contiguous, disjoint slice of the split (every example on exactly one host);
+- an epoch's order comes from file-order and buffer shuffles seeded by (seed, epoch, host);
+- every example's augmentation is keyed by (seed, host, epoch, position), with stateless ops;
+- a stream started at step k skips the encoded records of the first k batches and then yields
+  exactly the batches an uninterrupted run would have yielded from step k on.
+
+Batches are dicts of numpy arrays: `image` float32 [B, H, W, 3], normalised for the weights
+(`normalize`), and `label` int32 [B, H, W] in the requested class subset (255 = ignore).
+Evaluation streams visit every example once and pad the last batch, adding `mask` bool [B].
+TensorFlow only ever sees the CPU.
+"""
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from msjax.data import DataError, builders, hide_gpus_from_tensorflow, labels
+from msjax.data.augment import augment
+from msjax.data.normalize import NORMALIZATIONS, check_normalization, denormalize, normalize
+
+tf = hide_gpus_from_tensorflow()
+import tensorflow_datasets as tfds  # noqa: E402
+
+__all__ = [
+    "DataConfig",
+    "NORMALIZATIONS",
+    "denormalize",
+    "make_eval_stream",
+    "make_train_stream",
+    "normalize",
+]
+
+
+# The map functions use tf.cond/tf.where explicitly; AutoGraph would only re-parse their
+# source (and warn about closures and lambdas).
+_no_autograph = tf.autograph.experimental.do_not_convert
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What one stream reads and how it augments it.
+
+    Attributes:
+      dataset: prepared data set name: gta5, synthia, cityscapes, nthu, synthetic_source,
+        synthetic_target.
+      config: its config (resolution), e.g. "1280x720", "rome_1024x512", "full". "full"
+        keeps native sizes, which vary in GTA5: batch them only with batch_size 1 or a crop.
+      split: split name ("train", "val", "test").
+      batch_size: examples per batch on this host.
+      seed: base seed of shuffling and augmentation.
+      num_classes: class subset of the labels: 19, 16 or 13.
+      normalization: "caffe_bgr" or "torchvision_rgb" (from the weights' metadata).
+      flip: random horizontal flip, p=0.5.
+      blur: random Gaussian blur, radius U[0, 1), p=0.5.
+      random_scale: (min, max) random rescale factor, or None (the original: None).
+      crop_size: (width, height) random crop after scaling, or None (the original: None).
+      shuffle_buffer: examples in the shuffle buffer (the files are shuffled too).
+      data_dir: folder given to `python -m msjax.prepare --data-dir`.
+    """
+
+    dataset: str
+    config: str
+    split: str = "train"
+    batch_size: int = 1
+    seed: int = 0
+    num_classes: int = 19
+    normalization: str = "caffe_bgr"
+    flip: bool = True
+    blur: bool = True
+    random_scale: tuple[float, float] | None = None
+    crop_size: tuple[int, int] | None = None
+    shuffle_buffer: int = 256
+    data_dir: str | None = None
+
+    @classmethod
+    def create(cls, cfg=None, **overrides) -> "DataConfig":
+        """Builds a DataConfig from a DataConfig, a mapping or a ConfigDict, plus overrides.
+
+        Args:
+          cfg: None, a DataConfig, a Mapping, or any object with `to_dict()` (ConfigDict).
+          **overrides: fields to set on top.
+
+        Returns:
+          A validated DataConfig.
+        """
+        if isinstance(cfg, DataConfig):
+            fields = dataclasses.asdict(cfg)
+        elif cfg is None:
+            fields = {}
+        elif hasattr(cfg, "to_dict"):
+            fields = dict(cfg.to_dict())
+        elif isinstance(cfg, Mapping):
+            fields = dict(cfg)
+        else:
+            raise DataError(f"data config must be a DataConfig or a mapping, got {type(cfg)}.")
+        fields.update(overrides)
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - valid)
+        if unknown:
+            raise DataError(f"unknown data config fields {unknown}; valid: {sorted(valid)}.")
+        out = cls(**fields)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        """Checks names and values; raises DataError naming the field."""
+        builders.check_config(self.dataset, self.config)
+        if self.num_classes not in labels.VALID_NUM_CLASSES:
+            raise DataError(
+                f"data.num_classes={self.num_classes}; valid: {list(labels.VALID_NUM_CLASSES)}."
+            )
+        try:
+            check_normalization(self.normalization)
+        except ValueError as e:
+            raise DataError(f"data.normalization: {e}") from None
+        if not self.data_dir:
+            raise DataError(
+                "data.data_dir is not set; give the folder passed to "
+                "`python -m msjax.prepare --data-dir`."
+            )
+        if self.batch_size < 1:
+            raise DataError(f"data.batch_size={self.batch_size} must be at least 1.")
+
+
+def _process(process_index, process_count) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise DataError(f"process_index={process_index} not in [0, {process_count}).")
+    return process_index, process_count
+
+
+def _host_slice(builder, split: str, index: int, count: int) -> tuple[str, int, int]:
+    """The contiguous slice of a split this host reads: (split spec, size, total size)."""
+    splits = builder.info.splits
+    if split not in splits:
+        raise DataError(
+            f"{builder.name}/{builder.builder_config.name} has no split {split!r}; "
+            f"prepared splits: {sorted(splits)}."
+        )
+    total = splits[split].num_examples
+    lo, hi = total * index // count, total * (index + 1) // count
+    return f"{split}[{lo}:{hi}]", hi - lo, total
+
+
+def _derive_seed(*words: int) -> int:
+    """A 31-bit seed that depends on every word (stable across runs and processes)."""
+    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1)[0] >> 1)
+
+
+def _read(builder, split_spec: str):
+    """Encoded examples of a split slice, in stored order (evaluation)."""
+    read_config = tfds.ReadConfig(try_autocache=False, interleave_cycle_length=1)
+    skip = tfds.decode.SkipDecoding()
+    return builder.as_dataset(
+        split=split_spec,
+        shuffle_files=False,
+        read_config=read_config,
+        decoders={"image": skip, "label": skip},
+    )
+
+
+def _decode(example):
+    image = tf.cast(tf.io.decode_png(example["image"], channels=3), tf.float32)
+    label = tf.io.decode_png(example["label"], channels=1)[..., 0]
+    return image, label
+
+
+def _finish(image, label, cfg: DataConfig):
+    """Subset label ids and normalise the image: the last step of every stream."""
+    lut = tf.constant(labels.subset_lut(cfg.num_classes), tf.int32)
+    label = tf.gather(lut, tf.cast(label, tf.int32))
+    return tf.cast(normalize(image, cfg.normalization), tf.float32), label
+
+
+class TrainStream(Iterator):
+    """Infinite iterator of training batches; `next()` returns the batch of step `self.step`.
+
+    Attributes:
+      step: the step of the next batch.
+      steps_per_epoch: batches per epoch, equal on every host (the smallest host slice
+        divided by the batch size; the remainder of each epoch is dropped).
+      num_examples: examples in this host's slice.
+    """
+
+    def __init__(self, cfg: DataConfig, start_step: int, process_index: int, process_count: int):
+        self.cfg = cfg
+        self.builder = builders.load_builder(cfg.dataset, cfg.config, cfg.data_dir)
+        self._spec, self.num_examples, total = _host_slice(
+            self.builder, cfg.split, process_index, process_count
+        )
+        # The smallest host slice sets the epoch length, so every host turns epochs together.
+        self.steps_per_epoch = (total // process_count) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"{cfg.dataset}/{cfg.config} split {cfg.split!r} gives each of {process_count} "
+                f"hosts at least {total // process_count} examples, fewer than "
+                f"batch_size={cfg.batch_size}."
+            )
+        self.step = int(start_step)
+        self._iter = None
+        # The host slice as (file, skip, take) triples: epochs shuffle the file order, then
+        # interleave files and shuffle records through a buffer.
+        instructions = self.builder.info.splits[self._spec].file_instructions
+        self._files = (
+            [fi.filename for fi in instructions],
+            [fi.skip for fi in instructions],
+            [fi.take if fi.take >= 0 else fi.examples_in_shard - fi.skip for fi in instructions],
+        )
+        self._order_seed = _derive_seed(cfg.seed, process_index, 0)
+        crop = cfg.crop_size
+        self._aug = dict(
+            flip_prob=0.5 if cfg.flip else 0.0,
+            blur_prob=0.5 if cfg.blur else 0.0,
+            scale_range=tuple(cfg.random_scale) if cfg.random_scale else None,
+            crop_hw=(crop[1], crop[0]) if crop else None,
+        )
+        self._aug_seed = _derive_seed(cfg.seed, process_index, 1)
+
+    def _records(self, epoch):
+        """Encoded records of one epoch (a tf.int64 scalar), in that epoch's order."""
+        cfg = self.cfg
+        # One seed per (seed, host, epoch): a stateless draw, so it is a tensor inside the
+        # epoch chain and the same in every run.
+        seeds = tf.random.stateless_uniform(
+            [2], seed=tf.stack([tf.constant(self._order_seed, tf.int64), epoch]),
+            minval=0, maxval=2**31 - 1, dtype=tf.int64,
+        )  # fmt: skip
+        names, skips, takes = self._files
+        files = tf.data.Dataset.from_tensor_slices(
+            (tf.constant(names), tf.constant(skips, tf.int64), tf.constant(takes, tf.int64))
+        )
+        files = files.shuffle(len(names), seed=seeds[0], reshuffle_each_iteration=False)
+        records = files.interleave(
+            lambda name, skip, take: tf.data.TFRecordDataset(name).skip(skip).take(take),
+            cycle_length=min(4, len(names)),
+            block_length=1,
+            num_parallel_calls=min(4, len(names)),
+            deterministic=True,
+        )
+        records = records.shuffle(cfg.shuffle_buffer, seed=seeds[1], reshuffle_each_iteration=False)
+        records = records.take(self.steps_per_epoch * cfg.batch_size).enumerate()
+        return records.map(lambda position, record: (epoch, position, record))
+
+    def dataset(self, start_step: int = 0):
+        """The tf.data pipeline of every batch from `start_step` on (epochs chained inside)."""
+        cfg = self.cfg
+        epoch0, first = divmod(int(start_step), self.steps_per_epoch)
+        ds = tf.data.Dataset.range(epoch0, 2**40).flat_map(self._records)
+        # Skipping happens on encoded records, before any decoding: resuming is cheap.
+        ds = ds.skip(first * cfg.batch_size)
+        aug_seed = tf.constant(self._aug_seed, tf.int64)
+        epoch_len = tf.constant(self.steps_per_epoch * cfg.batch_size, tf.int64)
+        features = {
+            "image": tf.io.FixedLenFeature([], tf.string),
+            "label": tf.io.FixedLenFeature([], tf.string),
+        }
+
+        @_no_autograph
+        def load(epoch, position, record):
+            example = tf.io.parse_single_example(record, features)
+            image, label = _decode(example)
+            seed = tf.stack([aug_seed, epoch * epoch_len + position])
+            image, label = augment(image, label, seed, **self._aug)
+            image, label = _finish(image, label, cfg)
+            return {"image": image, "label": label}
+
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(cfg.batch_size, drop_remainder=True)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def __next__(self) -> dict:
+        if self._iter is None:
+            self._iter = iter(tfds.as_numpy(self.dataset(self.step)))
+        batch = next(self._iter)
+        self.step += 1
+        return batch
+
+
+def make_train_stream(
+    cfg,
+    *,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    **overrides,
+) -> TrainStream:
+    """An infinite, resumable stream of training batches for this host.
+
+    Args:
+      cfg: DataConfig, mapping or ConfigDict of DataConfig fields.
+      start_step: step of the first batch (a resumed run passes its restored step).
+      process_index: this host's index (default `jax.process_index()`).
+      process_count: number of hosts (default `jax.process_count()`).
+      **overrides: DataConfig fields to override.
+
+    Returns:
+      A TrainStream; each `next()` gives {'image': float32 [B,H,W,3], 'label': int32 [B,H,W]}.
+    """
+    cfg = DataConfig.create(cfg, **overrides)
+    index, count = _process(process_index, process_count)
+    return TrainStream(cfg, start_step, index, count)
+
+
+def _with_mask(value: bool):
+    @_no_autograph
+    def attach(example):
+        return example, tf.constant(value)
+
+    return attach
+
+
+class EvalStream:
+    """Re-iterable evaluation batches; every host yields `num_batches` batches.
+
+    Attributes:
+      num_examples: examples in this host's slice (mask True).
+      num_batches: batches per pass, equal on all hosts so collective steps line up.
+    """
+
+    def __init__(self, cfg: DataConfig, process_index: int, process_count: int, with_ids: bool):
+        self.cfg = cfg
+        self.builder = builders.load_builder(cfg.dataset, cfg.config, cfg.data_dir)
+        self._spec, self.num_examples, total = _host_slice(
+            self.builder, cfg.split, process_index, process_count
+        )
+        self.num_batches = math.ceil(math.ceil(total / process_count) / cfg.batch_size)
+        self._full_spec = cfg.split
+        self._with_ids = with_ids
+
+    def dataset(self):
+        """The tf.data pipeline of one evaluation pass."""
+        cfg = self.cfg
+        real = _read(self.builder, self._spec)
+        # Padding repeats a real example (so shapes match) with mask False and ignore labels.
+        pad_source = real if self.num_examples else _read(self.builder, self._full_spec)
+        pad = pad_source.take(1).repeat()
+        n_pad = self.num_batches * cfg.batch_size - self.num_examples
+        ds = real.map(_with_mask(True)).concatenate(pad.take(n_pad).map(_with_mask(False)))
+        with_ids = self._with_ids
+
+        @_no_autograph
+        def load(example, mask):
+            image, label = _decode(example)
+            label = tf.where(mask, label, tf.constant(labels.IGNORE, tf.uint8))
+            image, label = _finish(image, label, cfg)
+            out = {"image": image, "label": label, "mask": mask}
+            if with_ids:
+                out["id"] = example["id"]
+            return out
+
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def __iter__(self):
+        return iter(tfds.as_numpy(self.dataset()))
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+def make_eval_stream(
+    cfg,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    with_ids: bool = False,
+    **overrides,
+) -> EvalStream:
+    """Evaluation batches visiting each example of this host's slice exactly once.
+
+    Args:
+      cfg: DataConfig, mapping or ConfigDict (augmentation fields are ignored).
+      process_index: this host's index (default `jax.process_index()`).
+      process_count: number of hosts (default `jax.process_count()`).
+      with_ids: also yield `id` (bytes [B]) for predictions and tests.
+      **overrides: DataConfig fields to override.
+
+    Returns:
+      An EvalStream yielding {'image', 'label', 'mask' bool [B]}; padded entries have
+      mask False and all-ignore labels.
+    """
+    cfg = DataConfig.create(cfg, **overrides)
+    index, count = _process(process_index, process_count)
+    return EvalStream(cfg, index, count, with_ids)

@@ -1,0 +1,133 @@
+"""The adaptation step: two forward passes, one gradient of the summed loss, one update.
+
+    total = CE(main_s, y_s) [+ lambda_seg * CE(aux_s, y_s)]             source, labelled
+          + lambda_target * L_target(main_t)                             target, unlabelled
+          [+ lambda_seg * lambda_target * CE(aux_t, multi-level labels)]
+
+as the original computes it (../shared/REFERENCE.md section 4): the source batch goes
+through the model first and the target batch second, each normalised by its own BN
+statistics in training mode, with the running statistics updated by the source pass and
+then by the target pass. Source-only training (`loss.target = 'none'`) skips the target pass.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from msjax import losses
+from msjax.models import DeepLabV2
+
+TARGET_LOSS_NAMES = (*losses.TARGET_LOSSES, "none")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a run needs to continue: the one pytree that is checkpointed."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def create_train_state(variables: Mapping, tx: optax.GradientTransformation) -> TrainState:
+    """A state at step 0 from model variables {'params', 'batch_stats'}."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+    )
+
+
+def check_loss_config(loss: Mapping) -> None:
+    """Raises ValueError naming the config.loss field at fault."""
+    if loss["target"] not in TARGET_LOSS_NAMES:
+        raise ValueError(
+            f"config.loss.target={loss['target']!r}; valid: {', '.join(TARGET_LOSS_NAMES)}"
+        )
+    if loss["multi_level"] and loss["target"] == "none":
+        raise ValueError("config.loss.multi_level needs a target loss (config.loss.target).")
+
+
+def compute_loss(params, batch_stats, source, target, *, model: DeepLabV2, loss: Mapping):
+    """The summed loss, the BN statistics after both passes, and the loss terms.
+
+    Args:
+      params, batch_stats: model variables.
+      source: {'image': [B,H,W,3], 'label': [B,H,W]}.
+      target: {'image': [B,H',W',3]} or None for source-only training.
+      model: the DeepLabV2 to apply.
+      loss: config.loss fields (target, lambda_target, iw_ratio, threshold, multi_level,
+        multi_threshold, lambda_seg, ignore_index).
+
+    Returns:
+      (total, (batch_stats, {name: scalar})).
+    """
+    ce = functools.partial(losses.cross_entropy, ignore_index=loss["ignore_index"])
+    (main_s, aux_s), updated = model.apply(
+        {"params": params, "batch_stats": batch_stats},
+        source["image"],
+        train=True,
+        mutable=["batch_stats"],
+    )
+    terms = {"loss_source": ce(main_s, source["label"])}
+    total = terms["loss_source"]
+    if loss["multi_level"]:
+        terms["loss_source_aux"] = ce(aux_s, source["label"])
+        total = total + loss["lambda_seg"] * terms["loss_source_aux"]
+    batch_stats = updated["batch_stats"]
+
+    if loss["target"] != "none":
+        (main_t, aux_t), updated = model.apply(
+            {"params": params, "batch_stats": batch_stats},
+            target["image"],
+            train=True,
+            mutable=["batch_stats"],
+        )
+        batch_stats = updated["batch_stats"]
+        terms["loss_target"] = losses.target_loss(
+            loss["target"], main_t, ratio=loss["iw_ratio"], threshold=loss["threshold"]
+        )
+        total = total + loss["lambda_target"] * terms["loss_target"]
+        if loss["multi_level"]:
+            terms["loss_multi"] = losses.multi_level_guidance(
+                main_t, aux_t, threshold=loss["multi_threshold"]
+            )
+            total = total + loss["lambda_seg"] * loss["lambda_target"] * terms["loss_multi"]
+    terms["loss"] = total
+    return total, (batch_stats, terms)
+
+
+def make_train_step(model: DeepLabV2, tx: optax.GradientTransformation, loss: Mapping):
+    """`train_step(state, source, target, rng) -> (state, metrics)`, not yet jitted.
+
+    Everything static (model, optimiser, loss config) is bound here; `rng` is folded with
+    the step so a resumed run needs no RNG bookkeeping (the faithful model draws no random
+    numbers, but variants with dropout would).
+    """
+    check_loss_config(loss)
+    loss = dict(loss)
+
+    def train_step(state: TrainState, source, target, rng):
+        del rng  # jax.random.fold_in(rng, state.step) where a model needs randomness
+        grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
+        (_, (batch_stats, metrics)), grads = grad_fn(
+            state.params, state.batch_stats, source, target, model=model, loss=loss
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        new_state = TrainState(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        return new_state, metrics
+
+    return train_step

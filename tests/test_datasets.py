@@ -1,0 +1,299 @@
+"""TFDS builders on fake raw folders, the prepare CLI, and every bad input of the issue.
+
+Builds run the real loaders on tiny files in the exact download layouts (tests/fake_data.py);
+stored examples are compared pixel by pixel with an independent PIL reading of the raw files.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from msjax import prepare
+from msjax.data import DataError, builders, labels, synthetic
+from tests import fake_data
+
+RAW_CONFIGS = [
+    ("gta5", "1280x720"),
+    ("gta5", "full"),
+    ("synthia", "1280x760"),
+    ("synthia", "full"),
+    ("cityscapes", "1024x512"),
+    ("cityscapes", "1280x640"),
+    ("cityscapes", "full"),
+] + [("nthu", c) for c in builders.config_names("nthu")]
+SYNTHETIC_CONFIGS = [(d, c) for d in prepare.SYNTHETIC for c in builders.config_names(d)]
+
+
+def test_every_config_is_covered():
+    listed = set(RAW_CONFIGS) | set(SYNTHETIC_CONFIGS)
+    assert listed == {(d, c) for d in builders.BUILDERS for c in builders.config_names(d)}
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raw")
+    return {
+        "gta5": (root / "gta5", fake_data.make_gta5(root / "gta5")),
+        "synthia": (root / "synthia", fake_data.make_synthia(root / "synthia")),
+        "cityscapes": (root / "cityscapes", fake_data.make_cityscapes(root / "cityscapes")),
+        "nthu": (root / "nthu", fake_data.make_nthu(root / "nthu")),
+    }
+
+
+def read_prepared(dataset, config, data_dir):
+    """{split: {id: (image, label)}} decoded from a prepared data set."""
+    builder = builders.load_builder(dataset, config, data_dir)
+    out = {}
+    for split in builder.info.splits:
+        ds = builder.as_dataset(split=split)
+        out[split] = {
+            ex["id"].decode(): (ex["image"], ex["label"][..., 0]) for ex in ds.as_numpy_iterator()
+        }
+    return out
+
+
+def expected(image_path, ids, table, size):
+    """Independent reference: PIL bicubic image, nearest label of the mapped ids."""
+    image = Image.open(image_path).convert("RGB")
+    h, w = np.asarray(image).shape[:2]
+    train = labels.id_to_train_id_lut(table)[np.minimum(ids, 255)] if ids is not None else None
+    if train is None:
+        train = np.full((h, w), 255, np.uint8)
+    label = Image.fromarray(train.astype(np.uint8))
+    if size is not None:
+        image, label = image.resize(size, Image.BICUBIC), label.resize(size, Image.NEAREST)
+    return np.asarray(image), np.asarray(label)
+
+
+def _raw_files(dataset, root, key):
+    if dataset == "gta5":
+        return root / "images" / f"{key}.png"
+    if dataset == "synthia":
+        return root / "RGB" / f"{key}.png"
+    if dataset == "cityscapes":
+        return next(root.glob(f"leftImg8bit/*/*/{key}_leftImg8bit.png"))
+    city, name = key
+    return next(root.glob(f"{city.capitalize()}/Images/*/{name}.jpg"))
+
+
+@pytest.mark.parametrize("dataset, config", RAW_CONFIGS)
+def test_builder_pixel_by_pixel(raw, tmp_path, dataset, config):
+    root, truth = raw[dataset]
+    summary = prepare.prepare_one(dataset, config, tmp_path, raw_dir=root)
+    stored = read_prepared(dataset, config, tmp_path)
+    size = dict((c.name, c.size) for c in builders.builder_class(dataset).BUILDER_CONFIGS)[config]
+    table = "synthia" if dataset == "synthia" else "cityscapes"
+    if dataset == "nthu":
+        city = config.split("_")[0]
+        truth = {k[1]: v for k, v in truth.items() if k[0] == city}
+    n_stored = sum(len(v) for v in stored.values())
+    assert n_stored == len(truth) == sum(summary["splits"].values())
+    for split_examples in stored.values():
+        for key, (image, label) in split_examples.items():
+            lookup = (config.split("_")[0], key) if dataset == "nthu" else key
+            want_image, want_label = expected(
+                _raw_files(dataset, root, lookup), truth[key][1], table, size
+            )
+            if size is not None:
+                assert image.shape[:2] == (size[1], size[0])
+            np.testing.assert_array_equal(image, want_image, err_msg=key)
+            np.testing.assert_array_equal(label, want_label, err_msg=key)
+    if dataset == "cityscapes":
+        assert set(stored) == {"train", "val"} and len(stored["val"]) == 2
+    if dataset == "nthu":
+        assert set(stored) == {"train", "test"}
+        assert all((lab == 255).all() for _, lab in stored["train"].values())
+
+
+@pytest.mark.parametrize("dataset, config", SYNTHETIC_CONFIGS)
+def test_synthetic_builders(tmp_path, dataset, config):
+    prepare.prepare_one(dataset, config, tmp_path, max_examples=3)
+    stored = read_prepared(dataset, config, tmp_path)
+    w, h = map(int, config.split("x"))
+    style = dataset.split("_")[1]
+    for split, examples in stored.items():
+        assert len(examples) == 3
+        for key, (image, label) in examples.items():
+            index = int(key.rsplit("_", 1)[1])
+            want_image, want_label = synthetic.render(style, split, index, height=h, width=w)
+            np.testing.assert_array_equal(image, want_image)
+            np.testing.assert_array_equal(label, want_label)
+
+
+def test_outside_values_become_ignore_and_are_counted(raw, tmp_path):
+    root, truth = raw["gta5"]
+    summary = prepare.prepare_one("gta5", "full", tmp_path, raw_dir=root)
+    assert summary["outside_pixels"] == 3 and summary["outside_files"] == 1
+    stored = read_prepared("gta5", "full", tmp_path)["train"]
+    assert (stored["00001"][1][0, :3] == 255).all()
+    text = prepare.format_summary(summary)
+    assert "outside the table: 3 pixels in 1 files" in text
+
+
+def test_cli_summary_lists_orphans(raw, tmp_path, capsys):
+    root, _ = raw["gta5"]
+    args = ["gta5", str(root), "--data-dir", str(tmp_path), "--config", "full", "--no-progress"]
+    assert prepare.main(args) == 0
+    out = capsys.readouterr().out
+    assert "pairs prepared: train: 4" in out
+    assert "image without label (1)" in out and "00005.png" in out
+    assert "label without image (1)" in out and "00006.png" in out
+    assert "stored label histogram" in out and "road" in out
+    assert "raw image sizes: 64x32: 4" in out
+    assert prepare.main(args) == 0  # second run reuses the prepared data
+    assert "already prepared" in capsys.readouterr().out
+
+
+def test_split_lists(raw, tmp_path, capsys):
+    root, _ = raw["gta5"]
+    (tmp_path / "train.txt").write_text("00001.png\n00002.png\n")
+    (tmp_path / "val.txt").write_text("images/00003.png\n00077.png\n")
+    args = ["gta5", str(root), "--data-dir", str(tmp_path / "d"), "--config", "full"]
+    args += ["--split-list", f"train={tmp_path / 'train.txt'}"]
+    args += ["--split-list", f"val={tmp_path / 'val.txt'}", "--no-progress"]
+    assert prepare.main(args) == 0
+    out = capsys.readouterr().out
+    assert "pairs prepared: train: 2, val: 1" in out
+    assert "not in any split list (1)" in out and "'00077' has no image/label pair" in out
+
+
+def test_cityscapes_split_lists_use_keys(raw, tmp_path):
+    root, truth = raw["cityscapes"]
+    key = sorted(truth)[0]
+    (tmp_path / "l.txt").write_text(f"{key.split('_')[0]}/{key}_leftImg8bit.png\n")
+    split_lists = {"train": tmp_path / "l.txt"}
+    s = prepare.prepare_one("cityscapes", "full", tmp_path, raw_dir=root, split_lists=split_lists)
+    assert s["splits"] == {"train": 1}
+
+
+# ---- bad inputs: one clear message naming the path, no traceback, nothing half-written ----
+
+
+def _error(capsys, args):
+    assert prepare.main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def _nothing_written(data_dir, dataset, config):
+    path = Path(data_dir) / dataset / config
+    leftovers = list(path.iterdir()) if path.exists() else []
+    assert leftovers == [], leftovers
+
+
+def test_missing_raw_folder(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    err = _error(capsys, ["gta5", str(missing), "--data-dir", str(tmp_path / "d")])
+    assert str(missing) in err and "images/00001.png" in err
+    err = _error(capsys, ["cityscapes", str(tmp_path), "--data-dir", str(tmp_path / "d")])
+    assert "leftImg8bit" in err and "gtFine" in err
+    _nothing_written(tmp_path / "d", "gta5", "1280x720")
+
+
+def test_missing_raw_folder_cli_subprocess(tmp_path):
+    """The real entry point: exit status 2, one message, no traceback."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [sys.executable, "-m", "msjax.prepare", "synthia", str(tmp_path / "x")]
+    proc = subprocess.run(
+        cmd + ["--data-dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and str(tmp_path / "x") in proc.stderr
+    assert "GT/LABELS" in proc.stderr
+
+
+def test_only_orphans_is_an_error(tmp_path, capsys):
+    fake_data.make_gta5(tmp_path / "raw", n=0, orphans=True)
+    err = _error(capsys, ["gta5", str(tmp_path / "raw"), "--data-dir", str(tmp_path / "d")])
+    assert "no usable image/label pair" in err and "00001.png: image without label" in err
+
+
+def test_truncated_image(tmp_path, capsys):
+    fake_data.make_gta5(tmp_path / "raw", n=3, orphans=False)
+    bad = tmp_path / "raw" / "images" / "00002.png"
+    fake_data.truncate(bad)
+    err = _error(capsys, ["gta5", str(tmp_path / "raw"), "--data-dir", str(tmp_path / "d")])
+    assert str(bad) in err and "truncated" in err
+    _nothing_written(tmp_path / "d", "gta5", "1280x720")
+
+
+def test_truncated_synthia_label(tmp_path, capsys):
+    fake_data.make_synthia(tmp_path / "raw", n=2)
+    bad = tmp_path / "raw" / "GT" / "LABELS" / "0000001.png"
+    fake_data.truncate(bad, 0.6)
+    args = ["synthia", str(tmp_path / "raw"), "--data-dir", str(tmp_path / "d")]
+    err = _error(capsys, args + ["--config", "full"])
+    assert str(bad) in err
+    _nothing_written(tmp_path / "d", "synthia", "full")
+
+
+def test_unreadable_label(tmp_path, capsys):
+    fake_data.make_cityscapes(tmp_path / "raw", {"train": [("ulm", 2)]})
+    bad = next((tmp_path / "raw" / "gtFine").rglob("*_gtFine_labelIds.png"))
+    bad.write_bytes(b"not a png at all")
+    err = _error(capsys, ["cityscapes", str(tmp_path / "raw"), "--data-dir", str(tmp_path / "d")])
+    assert str(bad) in err
+    _nothing_written(tmp_path / "d", "cityscapes", "1024x512")
+
+
+def test_label_size_mismatch(tmp_path, capsys):
+    fake_data.make_gta5(tmp_path / "raw", n=2, orphans=False)
+    bad = tmp_path / "raw" / "labels" / "00002.png"
+    Image.open(bad).resize((32, 16), Image.NEAREST).save(bad)
+    err = _error(capsys, ["gta5", str(tmp_path / "raw"), "--data-dir", str(tmp_path / "d")])
+    assert str(bad) in err and "32x16" in err and "64x32" in err and "--skip-bad" in err
+    _nothing_written(tmp_path / "d", "gta5", "1280x720")
+    # Opt-in: skip the pair, list it, prepare the rest.
+    args = ["gta5", str(tmp_path / "raw"), "--data-dir", str(tmp_path / "d"), "--skip-bad"]
+    assert prepare.main(args + ["--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "pairs prepared: train: 1" in out
+    assert "size-mismatched pair (--skip-bad) (1)" in out and "00002.png" in out
+
+
+def test_unknown_names(tmp_path, capsys):
+    err = _error(capsys, ["kitti", str(tmp_path), "--data-dir", str(tmp_path)])
+    assert "kitti" in err and "gta5" in err and "synthetic_source" in err
+    err = _error(
+        capsys, ["gta5", str(tmp_path), "--data-dir", str(tmp_path), "--config", "640x360"]
+    )
+    assert "640x360" in err and "'1280x720', 'full'" in err
+    err = _error(capsys, ["nthu", str(tmp_path), "--data-dir", str(tmp_path), "--config", "paris"])
+    assert "rome_1024x512" in err
+    with pytest.raises(DataError, match="valid configs"):
+        builders.load_builder("cityscapes", "2048x1024", tmp_path)
+
+
+def test_bad_split_list_argument(tmp_path, capsys):
+    args = ["gta5", str(tmp_path), "--data-dir", str(tmp_path), "--split-list", "train.txt"]
+    assert "SPLIT=PATH" in _error(capsys, args)
+
+
+def test_prepared_at_another_resolution(raw, tmp_path):
+    root, _ = raw["cityscapes"]
+    prepare.prepare_one("cityscapes", "1280x640", tmp_path, raw_dir=root)
+    with pytest.raises(DataError, match=r"prepared configs there: \['1280x640'\]"):
+        builders.load_builder("cityscapes", "1024x512", tmp_path)
+    # A prepared folder moved under another config's name is caught by its metadata.
+    (tmp_path / "cityscapes" / "1280x640").rename(tmp_path / "cityscapes" / "1024x512")
+    with pytest.raises(DataError, match="1280, 640.*asks for \\(1024, 512\\)"):
+        builders.load_builder("cityscapes", "1024x512", tmp_path)
+
+
+def test_nthu_single_city_folder(raw, tmp_path, capsys):
+    root, _ = raw["nthu"]
+    s = prepare.prepare_one("nthu", "rome_full", tmp_path, raw_dir=root / "Rome")
+    assert s["splits"] == {"train": 2, "test": 2}
+    err = _error(
+        capsys, ["nthu", str(root / "Rome"), "--data-dir", str(tmp_path), "--config", "rio"]
+    )
+    assert "Rome" in err and "rio" in err
+    # A bare resolution on a single city folder cannot tell which city it is.
+    err = _error(capsys, ["nthu", str(root / "Rome"), "--data-dir", str(tmp_path)])
+    assert "single city folder" in err

@@ -1,0 +1,103 @@
+"""The synthetic domain-shift data: determinism, classes, and a shift that is real but learnable."""
+
+import numpy as np
+import pytest
+
+from msjax import prepare
+from msjax.data import builders, labels, pipeline, synthetic
+
+C = synthetic.CLASS_IDS
+
+
+def _miou(pred, gt):
+    ious = []
+    for c in C:
+        union = np.count_nonzero((pred == c) | (gt == c))
+        if union:
+            ious.append(np.count_nonzero((pred == c) & (gt == c)) / union)
+    return float(np.mean(ious))
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return {
+        "src_train": synthetic.render_batch("source", "train", 60, 48, 96),
+        "src_val": synthetic.render_batch("source", "val", 30, 48, 96),
+        "tgt_val": synthetic.render_batch("target", "val", 30, 48, 96),
+    }
+
+
+def test_deterministic():
+    for style in synthetic.STYLES:
+        a = synthetic.render(style, "train", 5, 64, 128)
+        b = synthetic.render(style, "train", 5, 64, 128)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    differ = [
+        synthetic.render("source", "train", 6, 64, 128),
+        synthetic.render("source", "val", 5, 64, 128),
+        synthetic.render("source", "train", 5, 64, 128, seed=1),
+    ]
+    base = synthetic.render("source", "train", 5, 64, 128)
+    assert all(not np.array_equal(d[1], base[1]) for d in differ)
+
+
+def test_classes_are_cityscapes_train_ids(scenes):
+    names = {labels.CLASS_NAMES_19[c] for c in C}
+    assert names == {"road", "sidewalk", "building", "vegetation", "sky", "person", "car"}
+    for images, labs in scenes.values():
+        assert images.dtype == np.uint8 and images.shape[1:] == (48, 96, 3)
+        assert set(np.unique(labs)) == set(C)  # every class occurs, no ignore
+
+
+def test_shift_is_hard_for_appearance(scenes):
+    """A per-pixel colour classifier fit on the source collapses on the target."""
+    images, labs = scenes["src_train"]
+    means = np.stack([images[labs == c].mean(0) for c in C])
+
+    def predict(x):
+        d = ((x[..., None, :].astype(np.float32) - means) ** 2).sum(-1)
+        return np.asarray(C)[d.argmin(-1)]
+
+    on_source = _miou(predict(scenes["src_val"][0]), scenes["src_val"][1])
+    on_target = _miou(predict(scenes["tgt_val"][0]), scenes["tgt_val"][1])
+    assert on_source > 0.9 and on_target < 0.3, (on_source, on_target)
+
+
+def test_layout_is_shared(scenes):
+    """Where classes sit (sky up, road down) transfers: structure self-training can use."""
+    labs = scenes["src_train"][1]
+    prior = np.asarray(C)[np.stack([(labs == c).mean(0) for c in C]).argmax(0)]
+    on_source = _miou(np.broadcast_to(prior, scenes["src_val"][1].shape), scenes["src_val"][1])
+    on_target = _miou(np.broadcast_to(prior, scenes["tgt_val"][1].shape), scenes["tgt_val"][1])
+    assert on_target > 0.8 * on_source > 0.2, (on_source, on_target)
+
+
+def test_object_statistics_differ():
+    _, src = synthetic.render_batch("source", "train", 40, 48, 96)
+    _, tgt = synthetic.render_batch("target", "train", 40, 48, 96)
+    share = lambda lab, c: np.mean(lab == c)
+    assert share(tgt, synthetic.PERSON) > 1.3 * share(src, synthetic.PERSON)
+    assert share(src, synthetic.CAR) > 1.3 * share(tgt, synthetic.CAR)
+
+
+def test_prepared_through_cli_and_pipeline(tmp_path, capsys):
+    args = ["synthetic", "--data-dir", str(tmp_path), "--config", "128x64"]
+    assert prepare.main(args + ["--max-examples", "8", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic_source/128x64" in out and "synthetic_target/128x64" in out
+    for name in prepare.SYNTHETIC:
+        builder = builders.load_builder(name, "128x64", tmp_path)
+        real = builders.Cityscapes(data_dir=str(tmp_path / "unused"), config="1024x512")
+        assert builder.info.features.keys() == real.info.features.keys()
+        batch = next(
+            pipeline.make_train_stream(
+                dict(dataset=name, config="128x64", data_dir=str(tmp_path), batch_size=2),
+                process_index=0,
+                process_count=1,
+            )
+        )
+        assert batch["image"].shape == (2, 64, 128, 3)
+        assert set(np.unique(batch["label"])) <= set(C)
+    with pytest.raises(ValueError, match="source"):
+        synthetic.render("painting", "train", 0)
