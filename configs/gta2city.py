@@ -27,11 +27,6 @@ def get_config(arg=None):
     variant, smoke = configlib.parse_arg(arg, VARIANTS, "maxsquare")
     c = configlib.base_config()
     configlib.set_variant(c, variant)
-    if variant == "source":
-        c.train.steps = 80_000
-        c.optim.iter_max = 200_000
-    if variant == "iw_multi":
-        c.target.config = "1280x640"
     if smoke:
         configlib.apply_smoke(c)
     return c

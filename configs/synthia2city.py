@@ -25,11 +25,6 @@ def get_config(arg=None):
     configlib.set_variant(c, variant)
     c.model.num_classes = 16
     c.source.dataset, c.source.config = "synthia", "1280x760"
-    if variant == "source":
-        c.train.steps = 80_000
-        c.optim.iter_max = 200_000
-    if variant == "iw_multi":
-        c.target.config = "1280x640"
     if smoke:
         configlib.apply_smoke(c)
     return c

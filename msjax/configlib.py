@@ -114,7 +114,9 @@ def base_config() -> ml_collections.ConfigDict:
 def set_variant(c: ml_collections.ConfigDict, variant: str) -> None:
     """Applies a loss variant shared by the adaptation configs.
 
-    maxsquare | iw | iw_multi | minent | hard | source (source-only training).
+    maxsquare | iw | iw_multi | minent | hard | source. 'iw_multi' also trains on 1280x640
+    target crops, as the original's Multi run; 'source' is the original's source-only
+    pretraining: no target loss, 80,000 steps of a 200,000-step poly schedule.
     """
     if variant == "maxsquare":
         c.loss.target = "maxsquare"
@@ -124,12 +126,15 @@ def set_variant(c: ml_collections.ConfigDict, variant: str) -> None:
         c.loss.target = "iw_maxsquare"
         c.loss.multi_level = True
         c.loss.lambda_target = 0.09
+        c.target.config = "1280x640"
     elif variant == "minent":
         c.loss.target = "entropy"
     elif variant == "hard":
         c.loss.target = "hard"
     elif variant == "source":
         c.loss.target = "none"
+        c.train.steps = 80_000
+        c.optim.iter_max = 200_000
     else:
         raise ValueError(f"unknown variant {variant!r}")
 

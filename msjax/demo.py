@@ -1,11 +1,14 @@
 """The demo: does maximum squares adaptation help on a domain shift? Measured, on a CPU.
 
-Three trainings of a small DeepLabV2 on the procedural synthetic data (msjax.data.synthetic):
+Four trainings of a small DeepLabV2 on the procedural synthetic data (msjax.data.synthetic):
   1. source only: labelled "synthetic"-style scenes, no target loss;
-  2. MaxSquare: from (1), labelled source + unlabelled "real"-style target, maximum squares;
-  3. MaxSquare + IW: from (1), the image-wise class-balanced variant.
+  2. control: from (1), the adaptation schedule with lambda_target = 0. Target images pass
+     through the model (updating the BN running statistics, as in the original) but no
+     target loss acts: what adaptation gains without the loss;
+  3. MaxSquare: from (1), labelled source + unlabelled "real"-style target, maximum squares;
+  4. MaxSquare + IW: from (1), the image-wise class-balanced variant.
 Each is scored on the target style's validation split. The table and WORKDIR/results.json
-hold the three mIoUs. Run by `python -m msjax.train --config configs/demo.py --workdir DIR`.
+hold the four mIoUs. Run by `python -m msjax.train --config configs/demo.py --workdir DIR`.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import time
 
 import jax
 
+# (name, title, target loss, lambda_target or None for the config's)
 STAGES = (
-    ("source", "source only", "none"),
-    ("maxsquare", "MaxSquare", "maxsquare"),
-    ("iw_maxsquare", "MaxSquare + IW", "iw_maxsquare"),
+    ("source", "source only", "none", None),
+    ("bn_stats_only", "target BN stats only", "maxsquare", 0.0),
+    ("maxsquare", "MaxSquare", "maxsquare", None),
+    ("iw_maxsquare", "MaxSquare + IW", "iw_maxsquare", None),
 )
 
 
@@ -38,10 +43,9 @@ def stage_config(config, target_loss: str, init: str, steps: int):
 
 
 def run_demo(config, workdir: str) -> dict:
-    """Runs the three stages in WORKDIR/{source,maxsquare,iw_maxsquare}; prints the table.
+    """Runs the stages in WORKDIR/<stage name>; prints the table, writes results.json.
 
-    Stages already finished (their results.json exists) are not run again, so an
-    interrupted demo resumes where it stopped.
+    An interrupted demo resumes: each stage is a resumable training run in its own folder.
     """
     from msjax.trainer import train_and_evaluate
 
@@ -50,7 +54,7 @@ def run_demo(config, workdir: str) -> dict:
     start = time.perf_counter()
     rows = {}
     source_weights = os.path.join(workdir, "source", "final")
-    for name, title, loss in STAGES:
+    for name, title, loss, lambda_target in STAGES:
         adapt = loss != "none"
         c = stage_config(
             config,
@@ -62,6 +66,8 @@ def run_demo(config, workdir: str) -> dict:
             c.data_dir = data_dir
             if adapt:
                 c.optim.lr = config.demo.adapt_lr
+            if lambda_target is not None:
+                c.loss.lambda_target = lambda_target
         stage_dir = os.path.join(workdir, name)
         if jax.process_index() == 0:
             print(f"\n== {title}: {c.train.steps} steps -> {stage_dir}", flush=True)

@@ -13,8 +13,11 @@ from __future__ import annotations
 import os
 import sys
 
+# TensorFlow (the input pipeline) prints a banner at import unless told not to.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from msjax.trainer import TrainingError, train_and_evaluate
@@ -70,16 +73,27 @@ def _run(_argv) -> int:
 def main(argv=None) -> int:
     """Parses flags and runs; user-facing errors print one message and return 2."""
     argv = resolve_config_path(list(sys.argv if argv is None else argv))
+    verbose = "--verbose" in argv
     try:
-        app.run(_run, argv=argv)
-    except SystemExit as e:
-        return int(e.code or 0)
+        remaining = flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}\nPass --helpfull to list the flags.", file=sys.stderr)
+        return 2
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        # ml_collections raises these for a misspelt or mistyped --config.FIELD override.
+        if verbose:
+            raise
+        inner = e.args[0] if e.args else e
+        inner = inner.args[0] if isinstance(inner, KeyError) and inner.args else inner
+        print(f"error: bad --config override or config file: {inner}", file=sys.stderr)
+        return 2
+    try:
+        return _run(remaining)
     except (TrainingError, ValueError) as e:
-        if "--verbose" in argv:
+        if verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

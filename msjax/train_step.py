@@ -124,7 +124,7 @@ def make_train_step(model: DeepLabV2, tx: optax.GradientTransformation, loss: Ma
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         new_state = TrainState(
             step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
         )

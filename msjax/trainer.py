@@ -272,6 +272,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if save_now:
             ckpts.save(step, state, record)
     bar.close()
+    if "last_miou" not in summary:  # restarted after its last step: score it all the same
+        evaluate(step, state)
     ckpts.wait()
     export_weights(
         os.path.join(workdir, "final"),
