@@ -4,8 +4,10 @@ r"""The demo: maximum squares adaptation on a synthetic domain shift, on a CPU, 
 
 Generates the synthetic "synthetic-style" (source) and "real-style" (target) street scenes
 (msjax.data.synthetic), trains a small DeepLabV2 on the labelled source only, then adapts it
-to the unlabelled target with MaxSquare and with MaxSquare + IW, and prints the target
-validation mIoU of all three (also in WORKDIR/results.json). About 5-10 minutes on 2 cores.
+to the unlabelled target with MaxSquare and with MaxSquare + IW, beside a control that runs the
+same adaptation with lambda_target = 0 (only the BN statistics see the target), and prints the
+target validation mIoU of all four (also in WORKDIR/results.json). 5-8 minutes on 2 cores;
+README.md has the 3-seed table (source only 34.4, control 45.0, MaxSquare 45.1, IW 45.1).
 Differences from the paper's setting, all for speed: a small backbone from random
 initialisation (blocks [1,1,1,1], width 16) with a larger learning rate, 4 image pairs per
 step, 96x192 images. Losses, BN mode, optimiser and schedule are the faithful ones.

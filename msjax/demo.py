@@ -83,10 +83,10 @@ def run_demo(config, workdir: str) -> dict:
     if jax.process_index() == 0:
         base = rows["source"]["target_miou"]
         print(f"\nTarget-style validation mIoU ({results['eval']}, seed {config.seed}):")
-        print(f"  {'method':<18}{'mIoU':>8}{'vs source':>12}")
+        print(f"  {'method':<22}{'mIoU':>8}{'vs source':>12}")
         for row in rows.values():
             gain = 100 * (row["target_miou"] - base)
-            print(f"  {row['title']:<18}{100 * row['target_miou']:>7.1f}%{gain:>+11.1f}")
+            print(f"  {row['title']:<22}{100 * row['target_miou']:>7.1f}%{gain:>+11.1f}")
         print(f"  wall time {elapsed / 60:.1f} min")
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)

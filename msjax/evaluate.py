@@ -94,9 +94,16 @@ def resolve(dataset: str, protocol: str, split: str | None, input_size: str) -> 
     elif dataset in cities:
         city = dataset.split("-", 1)[1]
         builder, prefix, default_split, counts = "nthu", f"{city}_", "test", (13,)
+    elif dataset == "synthetic":  # the demo's "real"-style target (msjax.data.synthetic)
+        builder, prefix, default_split, counts = "synthetic_target", "", "val", (19,)
+        if protocol == "full":
+            raise EvaluateError(
+                "--dataset synthetic has no native-size labels: use --protocol "
+                "original with --input-size 128x64, 192x96 or 256x128."
+            )
     else:
         raise EvaluateError(
-            f"--dataset {dataset!r}: valid data sets are {['cityscapes', *cities]}."
+            f"--dataset {dataset!r}: valid data sets are {['cityscapes', *cities, 'synthetic']}."
         )
     image_config = f"{prefix}{input_size}"
     valid = [c[len(prefix) :] for c in builders.config_names(builder) if c != f"{prefix}full"]
@@ -367,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--checkpoint", required=True, help="weights folder (metadata.json + variables/)"
     )
-    p.add_argument("--dataset", required=True, help="cityscapes or nthu-CITY (rome, rio, ...)")
+    p.add_argument(
+        "--dataset", required=True, help="cityscapes, nthu-CITY (rome, rio, ...) or synthetic"
+    )
     p.add_argument("--data-dir", required=True, help="folder given to msjax.prepare --data-dir")
     p.add_argument("--protocol", default="original", choices=PROTOCOLS)
     p.add_argument("--flip", action="store_true", help="average with the flipped image")
