@@ -6,7 +6,7 @@ files change only what differs. Fields:
 
   seed, batch_pairs (global source+target pairs per step), data_dir, distributed
   model.*   DeepLabV2 fields (num_classes, blocks, width, stride_on, aspp_branches, bn_mode,
-            atrous, dtype)
+            atrous, weight_grad, remat, dtype)
   init.*    checkpoint (a weights folder from msjax.convert or a run's best/final; '' for the
             original's random initialisation), normalization (used only without a checkpoint)
   source.*, target.*   training streams (dataset, config, split, flip, blur, random_scale,
@@ -59,7 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
             stride_on="1x1",
             aspp_branches=2,
             bn_mode="per_image",
-            atrous="native",
+            atrous="auto",
+            weight_grad="xla",
+            remat=False,
             dtype="float32",
         )
     )

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from msjax.models.layers import (
     ATROUS_IMPLS,
     BN_MODES,
+    WEIGHT_GRAD_IMPLS,
     BatchNorm,
     Conv,
     Dtype,
@@ -73,9 +74,14 @@ class DeepLabV2(nn.Module):
       stride_on: '1x1' (faithful, Caffe weights) or '3x3' (torchvision weights).
       aspp_branches: 2 (faithful) or 4.
       bn_mode: 'per_image' (faithful), 'batch' or 'frozen'.
-      atrous: dilated convolution implementation, 'native' or 'space_to_batch'.
+      atrous: dilated convolution implementation, 'native', 'space_to_batch' or 'auto'
+        (resolved from `jax.default_backend()` when traced: layers.AUTO_ATROUS).
+      weight_grad: kernel gradient of the k>1 convolutions, 'xla' or 'matmul' (shifted
+        matmuls; an XLA:CPU option, see layers.conv_matmul_weight_grad).
       dtype: compute dtype (float32 for parity, bfloat16 for speed).
       param_dtype: parameter dtype (float32).
+      remat: recompute each bottleneck's activations in the backward pass (saves memory,
+        costs about one extra forward pass; same numbers and parameter names).
     """
 
     num_classes: int = 19
@@ -84,9 +90,11 @@ class DeepLabV2(nn.Module):
     stride_on: str = "1x1"
     aspp_branches: int = 2
     bn_mode: str = "per_image"
-    atrous: str = "native"
+    atrous: str = "auto"
+    weight_grad: str = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False
 
     def _check_fields(self) -> None:
         def bad(field, value, allowed):
@@ -96,6 +104,8 @@ class DeepLabV2(nn.Module):
             raise bad("bn_mode", self.bn_mode, BN_MODES)
         if self.atrous not in ATROUS_IMPLS:
             raise bad("atrous", self.atrous, ATROUS_IMPLS)
+        if self.weight_grad not in WEIGHT_GRAD_IMPLS:
+            raise bad("weight_grad", self.weight_grad, WEIGHT_GRAD_IMPLS)
         if self.aspp_branches not in (2, 4):
             raise bad("aspp_branches", self.aspp_branches, (2, 4))
         if self.num_classes < 1:
@@ -108,7 +118,11 @@ class DeepLabV2(nn.Module):
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"DeepLabV2 expects NHWC images [N, H, W, 3], got {images.shape}")
         conv = functools.partial(
-            Conv, atrous=self.atrous, dtype=self.dtype, param_dtype=self.param_dtype
+            Conv,
+            atrous=self.atrous,
+            weight_grad=self.weight_grad,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
         )
         norm = functools.partial(
             BatchNorm, mode=self.bn_mode, dtype=self.dtype, param_dtype=self.param_dtype
@@ -121,6 +135,7 @@ class DeepLabV2(nn.Module):
             stride_on=self.stride_on,
             conv=conv,
             norm=norm,
+            remat=self.remat,
         )
         head = functools.partial(
             ASPPClassifier, self.num_classes, branches=self.aspp_branches, conv=conv

@@ -13,6 +13,7 @@ Two facts of the original network shape this file:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -24,7 +25,35 @@ from jax import lax
 Dtype = Any
 
 BN_MODES = ("per_image", "batch", "frozen")
-ATROUS_IMPLS = ("native", "space_to_batch")
+ATROUS_IMPLS = ("native", "space_to_batch", "auto")
+WEIGHT_GRAD_IMPLS = ("xla", "matmul")
+
+# What atrous='auto' means on each backend (scripts/bench_atrous.py; README.md, "Performance").
+# CPU: native (the ASPP heads run 1.2-18x faster native; layer3/layer4 are within noise).
+# GPU (H100, jax 0.11.2, bf16, 91x161 features): space-to-batch is 3.7-7.6x faster forward +
+# backward for every dilated conv of the network: XLA computes a native dilated conv's kernel
+# gradient as one convolution with a 91x161 window and stride d (docs/gpu_atrous_h100.txt).
+# Unlisted backends (TPU) get native.
+AUTO_ATROUS = {"cpu": "native", "gpu": "space_to_batch", "cuda": "space_to_batch"}
+
+
+def resolve_atrous(atrous: str) -> str:
+    """The dilated-convolution implementation for `atrous`, resolving 'auto' per backend.
+
+    'auto' is resolved when the model is traced, from `jax.default_backend()` at that
+    moment (a model built on a CPU host and traced for a GPU gets the GPU's choice), through
+    `AUTO_ATROUS`; backends it does not list get 'native'. Other values pass unchanged.
+
+    Args:
+      atrous: 'native', 'space_to_batch' or 'auto'.
+
+    Returns:
+      'native' or 'space_to_batch'.
+    """
+    if atrous != "auto":
+        return atrous
+    return AUTO_ATROUS.get(jax.default_backend(), "native")
+
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
@@ -81,13 +110,76 @@ def atrous_conv_space_to_batch(x: jax.Array, kernel: jax.Array, dilation: int) -
     return y.reshape(n, hp, wp, o)[:, :h, :w, :]
 
 
+def _conv(x, kernel, stride: int, padding: int, dilation: int):
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=_DIMENSION_NUMBERS,
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_matmul_weight_grad(x, kernel, stride: int, padding: int, dilation: int):
+    """A square convolution whose kernel gradient is computed as k*k shifted matmuls.
+
+    The forward pass and the input gradient are XLA's own convolutions. The kernel gradient
+    dK[i, j] = sum_{n,h,w} x_pad[n, h*s + i*d, w*s + j*d, :]^T g[n, h, w, :] is written as one
+    strided slice plus one matmul per tap: the same sum of products (float32 round-off
+    apart), but XLA:CPU runs a matmul several times faster than the weight-gradient
+    convolution it would otherwise emit on that op (../shared/ENVIRONMENT.md). Opt-in
+    (`Conv.weight_grad='matmul'`): on the whole CPU train step it measured 3-13% faster,
+    within the shared machine's noise, for 1.7 GiB more memory (README.md, "Performance").
+
+    Args:
+      x: [N, H, W, C] input. kernel: [k, k, C, O].
+      stride, padding, dilation: PyTorch's meaning (symmetric padding).
+
+    Returns:
+      [N, H', W', O], exactly `lax.conv_general_dilated` with those arguments.
+    """
+    return _conv(x, kernel, stride, padding, dilation)
+
+
+def _conv_mwg_fwd(x, kernel, stride, padding, dilation):
+    return _conv(x, kernel, stride, padding, dilation), (x, kernel)
+
+
+def _conv_mwg_bwd(stride, padding, dilation, residuals, g):
+    x, kernel = residuals
+    _, vjp_x = jax.vjp(lambda x: _conv(x, kernel, stride, padding, dilation), x)
+    (dx,) = vjp_x(g)
+    n, _, _, c = x.shape
+    _, ho, wo, _ = g.shape
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    taps = []
+    for i in range(kernel.shape[0]):
+        for j in range(kernel.shape[1]):
+            h0, w0 = i * dilation, j * dilation
+            patch = lax.slice(
+                xp,
+                (0, h0, w0, 0),
+                (n, h0 + (ho - 1) * stride + 1, w0 + (wo - 1) * stride + 1, c),
+                (1, stride, stride, 1),
+            )
+            taps.append(jnp.einsum("nhwc,nhwo->co", patch, g, preferred_element_type=jnp.float32))
+    dk = jnp.stack(taps).reshape(kernel.shape)
+    return dx, dk.astype(kernel.dtype)
+
+
+conv_matmul_weight_grad.defvjp(_conv_mwg_fwd, _conv_mwg_bwd)
+
+
 class Conv(nn.Module):
     """A square convolution with PyTorch semantics (symmetric padding, no bias by default).
 
     1x1 convolutions are computed as a strided slice plus a matmul: it is the same
     arithmetic, and XLA:CPU differentiates matmuls far faster than convolutions
     (../shared/ENVIRONMENT.md). Dilated 3x3 convolutions use the implementation named by
-    `atrous`.
+    `atrous`. The kernel gradient of the other convolutions can be computed as shifted
+    matmuls instead (`weight_grad='matmul'`, see `conv_matmul_weight_grad`).
 
     Attributes:
       features: output channels.
@@ -96,7 +188,10 @@ class Conv(nn.Module):
       padding: symmetric zero padding; PyTorch's `padding` argument.
       dilation: kernel dilation; PyTorch's `dilation` argument.
       use_bias: add a bias (initialised as PyTorch does by default).
-      atrous: 'native' or 'space_to_batch' for dilated convolutions.
+      atrous: 'native', 'space_to_batch' or 'auto' (per backend: `AUTO_ATROUS`) for dilated
+        convolutions.
+      weight_grad: kernel gradient of k>1 convolutions on the native path: 'xla' or
+        'matmul'. Same numbers up to float32 round-off.
       dtype: compute dtype. param_dtype: parameter dtype.
     """
 
@@ -107,6 +202,7 @@ class Conv(nn.Module):
     dilation: int = 1
     use_bias: bool = False
     atrous: str = "native"
+    weight_grad: str = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -124,22 +220,16 @@ class Conv(nn.Module):
             x = x[:, :: self.stride, :: self.stride, :]
             y = jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0])
         elif (
-            self.atrous == "space_to_batch"
+            resolve_atrous(self.atrous) == "space_to_batch"
             and self.dilation > 1
             and self.stride == 1
             and self.padding == self.dilation * (k // 2)
         ):
             y = atrous_conv_space_to_batch(x, kernel, self.dilation)
+        elif self.weight_grad == "matmul":
+            y = conv_matmul_weight_grad(x, kernel, self.stride, self.padding, self.dilation)
         else:
-            p = self.padding
-            y = lax.conv_general_dilated(
-                x,
-                kernel,
-                window_strides=(self.stride, self.stride),
-                padding=((p, p), (p, p)),
-                rhs_dilation=(self.dilation, self.dilation),
-                dimension_numbers=_DIMENSION_NUMBERS,
-            )
+            y = _conv(x, kernel, self.stride, self.padding, self.dilation)
         if self.use_bias:
             bias = self.param(
                 "bias",

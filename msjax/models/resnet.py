@@ -49,8 +49,10 @@ class Bottleneck(nn.Module):
     conv: type[Conv] | functools.partial = Conv
     norm: type[BatchNorm] | functools.partial = BatchNorm
 
+    # `train` may be passed positionally: `nn.remat` needs it as a static positional argument
+    # (jax.checkpoint would trace a keyword argument and the Python `if train` would fail).
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         s1 = self.stride if self.stride_on == "1x1" else 1
         s3 = self.stride if self.stride_on == "3x3" else 1
         d = self.dilation
@@ -75,11 +77,15 @@ def dilated_resnet(
     stride_on: str,
     conv,
     norm,
+    remat: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Runs the backbone; call it inside a parent module's `@nn.compact` method.
 
     The submodules it creates attach to that parent, so their parameters sit at the top
     level of the parent's tree (`conv1`, `layer1_0`, ...), mirroring the PyTorch names.
+    With `remat`, every bottleneck keeps only its input for the backward pass and recomputes
+    its inside (same numbers, about one more forward pass of compute, a fraction of the
+    activation memory); parameter names do not change.
 
     Returns:
       (layer3 output, layer4 output): [N, h, w, 16*width] and [N, h, w, 32*width], h and w
@@ -90,12 +96,14 @@ def dilated_resnet(
     x = conv(width, 7, stride=2, padding=3, name="conv1")(x)
     x = nn.relu(norm(name="bn1")(x, train=train))
     x = max_pool_ceil(x)
+    # static_argnums counts `self`: argument 2 is `train`, a Python bool.
+    block = nn.remat(Bottleneck, static_argnums=(2,)) if remat else Bottleneck
     features = []
     for layer, (num_blocks, planes, stride, dilation) in enumerate(
         layer_specs(blocks, width), start=1
     ):
         for i in range(num_blocks):
-            x = Bottleneck(
+            x = block(
                 planes,
                 stride=stride if i == 0 else 1,
                 dilation=dilation,
@@ -104,7 +112,7 @@ def dilated_resnet(
                 conv=conv,
                 norm=norm,
                 name=f"layer{layer}_{i}",
-            )(x, train=train)
+            )(x, train)
         features.append(x)
     return features[2], features[3]
 

@@ -1,0 +1,177 @@
+"""Every GPU measurement of the performance issue in one call, inside a fixed time budget.
+
+    PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --out "$OUT" --budget 420
+
+For a lent GPU machine (jax with CUDA and torch installed; nothing is installed here, and
+nothing imports TensorFlow or msjax.data). Stages, each a subprocess with a timeout cut to
+what is left of `--budget` seconds (a stage that cannot start with at least `--min-stage`
+seconds left is skipped):
+
+1. full-resolution train step (720x1280 + 512x1024, 1 pair): msjax bf16 and PyTorch fp32;
+2. msjax fp32 and PyTorch autocast bf16;
+3. the dilated-convolution micro-benchmark (bf16) with the compiled convolution windows;
+4. msjax bf16 with space-to-batch dilated convolutions;
+5. full-model bf16 and TF32 logits against float32 at HIGHEST precision (one 512x1024 image);
+6. msjax bf16 with 4 pairs and remat (memory);
+7. msjax bf16 with frozen BN (what per-image BN statistics cost).
+
+`--skip-measured` drops stages 1-2 (measured on an H100 on 2026-11-27, README.md) so that
+a short lease reaches the others: about 5 minutes on an H100, each full-model compile
+taking ~75 s there.
+
+Everything printed goes to OUT/gpu_check.log as well, with each stage's JSON rows beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def parity(size=(512, 1024)) -> None:
+    """Full-model logits: bf16 and default-precision fp32 against fp32 at HIGHEST precision.
+
+    Weights: the PyTorch reference's He-scaled random weights (tests.reference), converted;
+    evaluation mode (running statistics). Training-mode logits of a *random* network are
+    chaotic under per-image BN (a 1e-5 input perturbation changes them by ~5e-3), so they
+    say nothing about precision; tests/test_precision.py checks training by its loss.
+    """
+    sys.path.insert(0, str(ROOT))
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from msjax import weights
+    from msjax.models import DeepLabV2
+    from tests.reference.deeplabv2_torch import DeepLabV2Torch, randomize_
+
+    sd = randomize_(DeepLabV2Torch(num_classes=19), 0).state_dict()
+    flat = weights.state_dict_to_variables({k: v.numpy() for k, v in sd.items()})
+    variables = {c: weights.nest(flat[c]) for c in flat}
+    model = DeepLabV2(num_classes=19)
+    images = jnp.asarray(np.random.RandomState(0).randn(1, *size, 3) * 50, jnp.float32)
+
+    @functools.partial(jax.jit, static_argnums=(0, 1))
+    def forward(dtype, precision, variables, images):
+        with jax.default_matmul_precision(precision):
+            return model.clone(dtype=dtype).apply(variables, images, train=False)
+
+    ref = forward(jnp.float32, "highest", variables, images)
+    for name, dtype, precision in (
+        ("float32 default precision", jnp.float32, "default"),
+        ("bfloat16", jnp.bfloat16, "default"),
+    ):
+        out = forward(dtype, precision, variables, images)
+        errs = []
+        for a, b in zip(out, ref, strict=True):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            errs.append(np.linalg.norm(a - b) / np.linalg.norm(b))
+            errs.append(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+        print(
+            f"PARITY {jax.devices()[0].device_kind} {size[0]}x{size[1]} eval {name} vs fp32 "
+            f"HIGHEST: main {errs[0]:.2e} (max {errs[1]:.2e}), aux {errs[2]:.2e} "
+            f"(max {errs[3]:.2e})  [|a-b|_2/|b|_2, max|a-b|/max|b|]",
+            flush=True,
+        )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu_check"))
+    p.add_argument("--budget", type=float, default=420.0, help="seconds for all stages")
+    p.add_argument("--min-stage", type=float, default=45.0)
+    p.add_argument("--peak-tflops", default="989", help="H100 SXM dense bf16")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes: test this script on a CPU")
+    p.add_argument(
+        "--skip-measured",
+        action="store_true",
+        help="skip the msjax/torch bf16+fp32 rows (measured on 2026-11-27): run the atrous, "
+        "space-to-batch, parity, remat and frozen-BN stages first",
+    )
+    p.add_argument("--stage", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.stage == "parity":
+        parity((65, 97) if args.smoke else (512, 1024))
+        return
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "gpu_check.log", "a")
+    start = time.time()
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+        log.write(text + "\n")
+        log.flush()
+
+    bench = [PY, "scripts/bench_step.py", "--peak-tflops", args.peak_tflops, "--timeout", "170"]
+    feature, parity_args = "91x161", []
+    if args.smoke:
+        bench += ["--height", "64", "--width", "128", "--blocks", "1", "1", "1", "1"]
+        bench += ["--base-width", "8", "--steps", "2", "--warmup", "1"]
+        feature, parity_args = "9x17", ["--smoke"]
+    step_a = [*bench, "--dtype", "bfloat16", "--torch", "fp32", "--json", str(out / "step_a.json")]
+    step_b = [*bench, "--dtype", "float32", "--torch", "bf16", "--json", str(out / "step_b.json")]
+    stages = [
+        ("atrous", 100, [PY, "scripts/bench_atrous.py", "--feature", feature, "--iters", "20",
+                         "--hlo", "--only", "layer3,layer4,d6,d12", "--dtypes", "bfloat16"]),
+        ("step_bf16_space_to_batch", 150, [*bench, "--dtype", "bfloat16", "--torch", "none",
+                                           "--atrous", "space_to_batch",
+                                           "--json", str(out / "step_c.json")]),
+        ("parity", 80, [PY, "scripts/gpu_check.py", "--stage", "parity", *parity_args]),
+        ("step_bf16_remat_4pairs", 150, [*bench, "--dtype", "bfloat16", "--torch", "none",
+                                         "--pairs", "4", "--remat", "--steps", "10",
+                                         "--json", str(out / "step_d.json")]),
+        ("step_bf16_frozen_bn", 120, [*bench, "--dtype", "bfloat16", "--torch", "none",
+                                      "--bn-mode", "frozen", "--json", str(out / "step_e.json")]),
+    ]  # fmt: skip
+    if not args.skip_measured:
+        # The first session's stages (H100, 2026-11-27): the headline rows, run first.
+        stages[:0] = [
+            ("step_bf16_vs_torch_fp32", 200, step_a),
+            ("step_fp32_and_torch_bf16", 200, step_b),
+        ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for name, cap, cmd in stages:
+        left = args.budget - (time.time() - start)
+        if left < args.min_stage:
+            say(f"=== {name}: SKIPPED ({left:.0f} s left)")
+            continue
+        timeout = min(cap, left)
+        say(f"=== {name} (timeout {timeout:.0f} s, {time.time() - start:.0f} s elapsed)")
+        t0 = time.time()
+        # A new session per stage, so a timeout kills the bench's row subprocesses too
+        # (an orphaned row would keep the GPU busy for the next stage).
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            text, _ = proc.communicate(timeout=timeout)
+            status = f"exit {proc.returncode}"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            text, _ = proc.communicate()
+            status = "TIMEOUT"
+        if proc.returncode and status != "TIMEOUT":
+            text = text[-6000:]
+        if name == "atrous":
+            (out / "atrous_hlo.txt").write_text(text)
+            text = "\n".join(line for line in text.splitlines() if not line.startswith("##"))
+        say(text.rstrip())
+        say(f"=== {name}: {status} in {time.time() - t0:.0f} s")
+    say(f"=== total {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
