@@ -22,10 +22,9 @@ from msjax import optim, sharding, weights
 from msjax.checkpoint import RunCheckpoints, export_weights
 from msjax.metric_writer import MetricWriter
 from msjax.models import DeepLabV2
+from msjax.prepare import SYNTHETIC
 from msjax.train_step import TrainState, create_train_state, make_train_step
 from msjax.validation import Validator
-
-SYNTHETIC = ("synthetic_source", "synthetic_target")
 
 
 class TrainingError(RuntimeError):

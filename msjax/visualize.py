@@ -34,9 +34,10 @@ def colorize(label_map, num_classes: int = 19) -> np.ndarray:
     Returns:
       uint8 [..., H, W, 3] RGB; ids outside [0, num_classes) (ignore = 255) are black.
     """
-    table = np.zeros((256, 3), np.uint8)
-    table[:num_classes] = labels.palette(num_classes)
-    return _lookup(table, label_map)
+    ids = np.asarray(label_map)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"label maps must be integer arrays, got {ids.dtype}")
+    return labels.colorize(ids, num_classes)  # the palette lookup lives with the label tables
 
 
 def overlay(image, color, alpha: float = 0.5, label_map=None) -> np.ndarray:

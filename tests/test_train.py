@@ -95,7 +95,7 @@ def test_misspelt_override_fails_before_training(tmp_path):
         "--config", "gta2city.py:smoke", f"--workdir={tmp_path}/run", "--config.loss.targt=entropy"
     )
     assert result.returncode == 2
-    assert 'error: bad --config override or config file: \'targt\'' in result.stderr
+    assert "error: bad --config override or config file: 'targt'" in result.stderr
     assert 'Did you mean "target" instead of "targt"?' in result.stderr
     assert "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "run" / "checkpoints")

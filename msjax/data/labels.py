@@ -187,11 +187,11 @@ def colorize(label: np.ndarray, num_classes: int = 19) -> np.ndarray:
     """Colours a label map with the Cityscapes palette; IGNORE and unknown ids become black.
 
     Args:
-      label: integer array [H, W] of subset ids.
+      label: integer array [..., H, W] of subset ids.
       num_classes: the subset the ids belong to.
 
     Returns:
-      uint8 array [H, W, 3] (RGB).
+      uint8 array [..., H, W, 3] (RGB).
     """
     table = np.zeros((256, 3), dtype=np.uint8)
     table[:num_classes] = palette(num_classes)
