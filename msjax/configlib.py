@@ -24,6 +24,9 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from msjax.optim import ORIGINAL_OPTIM
+from msjax.train_step import ORIGINAL_LOSS
+
 EPOCH_STEPS = 2975  # the length of Cityscapes train: one "epoch" of the original
 
 
@@ -77,29 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
             every_steps=EPOCH_STEPS,
         )
     )
-    c.loss = ml_collections.ConfigDict(
-        dict(
-            target="maxsquare",
-            lambda_target=0.1,
-            iw_ratio=0.2,
-            threshold=0.95,
-            multi_level=False,
-            multi_threshold=0.95,
-            lambda_seg=0.1,
-            ignore_index=255,
-        )
-    )
-    c.optim = ml_collections.ConfigDict(
-        dict(
-            lr=2.5e-4,
-            momentum=0.9,
-            weight_decay=5e-4,
-            poly_power=0.9,
-            iter_max=29_760,
-            groups={"backbone": 1.0, "head": 10.0},
-            rules="faithful",
-        )
-    )
+    c.loss = ml_collections.ConfigDict(dict(ORIGINAL_LOSS))
+    c.optim = ml_collections.ConfigDict(dict(ORIGINAL_OPTIM, rules="faithful"))
     c.train = ml_collections.ConfigDict(
         dict(
             steps=10 * EPOCH_STEPS,

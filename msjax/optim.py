@@ -23,6 +23,17 @@ import optax
 
 FROZEN = "frozen"
 
+# The original's optimiser (../shared/REFERENCE.md section 5): the fields of config.optim
+# except `rules`, which depend on the model and the losses (see `faithful_rules`).
+ORIGINAL_OPTIM = dict(
+    lr=2.5e-4,
+    momentum=0.9,
+    weight_decay=5e-4,
+    poly_power=0.9,
+    iter_max=29_760,
+    groups={"backbone": 1.0, "head": 10.0},
+)
+
 
 def poly_schedule(base_lr: float, iter_max: int, power: float = 0.9) -> optax.Schedule:
     """lr(step) = base_lr * (1 - step / iter_max) ** power, 0 from iter_max on."""

@@ -26,6 +26,18 @@ from msjax.models import DeepLabV2
 
 TARGET_LOSS_NAMES = (*losses.TARGET_LOSSES, "none")
 
+# The original's loss settings (GTA5 -> Cityscapes, MaxSquare): the fields of config.loss.
+ORIGINAL_LOSS = dict(
+    target="maxsquare",
+    lambda_target=0.1,
+    iw_ratio=0.2,
+    threshold=0.95,
+    multi_level=False,
+    multi_threshold=0.95,
+    lambda_seg=0.1,
+    ignore_index=255,
+)
+
 
 @flax.struct.dataclass
 class TrainState:

@@ -36,16 +36,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-LOSS = dict(
-    target="maxsquare",
-    lambda_target=0.1,
-    iw_ratio=0.2,
-    threshold=0.95,
-    multi_level=False,
-    multi_threshold=0.95,
-    lambda_seg=0.1,
-    ignore_index=255,
-)
 LR = 2.5e-4
 
 
@@ -172,12 +162,8 @@ def jax_setup(args) -> dict:
         jax.random.key(0)
     )
     optim_cfg = dict(
+        optim.ORIGINAL_OPTIM,
         lr=LR,
-        momentum=0.9,
-        weight_decay=5e-4,
-        poly_power=0.9,
-        iter_max=29_760,
-        groups={"backbone": 1.0, "head": 10.0},
         rules=optim.faithful_rules(aspp_branches=2, aux_head_trained=False),
     )
     tx, _ = optim.make_optimizer(optim_cfg, variables["params"])
@@ -189,7 +175,7 @@ def jax_setup(args) -> dict:
     source, target = synthetic_batch(rng, args.pairs, args.source, args.target, args.classes)
     source, target = jax.device_put((source, target))
     key = jax.random.key(1)
-    train_step = ts.make_train_step(model, tx, LOSS)
+    train_step = ts.make_train_step(model, tx, ts.ORIGINAL_LOSS)
     step = jax.jit(train_step, donate_argnums=(0,))
 
     t0 = time.perf_counter()
@@ -249,6 +235,7 @@ def torch_setup(args) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from msjax.train_step import ORIGINAL_LOSS
     from tests.reference.deeplabv2_torch import DeepLabV2Torch
 
     cuda = torch.cuda.is_available()
@@ -294,7 +281,7 @@ def torch_setup(args) -> dict:
                 main_t, _ = model(xt[i : i + 1])
                 p = F.softmax(main_t.float(), dim=1)
                 loss_t = -torch.mean(p * p) / 2
-                loss = (loss_s + LOSS["lambda_target"] * loss_t) / args.pairs
+                loss = (loss_s + ORIGINAL_LOSS["lambda_target"] * loss_t) / args.pairs
             loss.backward()
         opt.step()
         holder["loss"] = loss

@@ -24,35 +24,20 @@ import numpy as np  # noqa: E402
 
 from msjax import optim, sharding  # noqa: E402
 from msjax.models import tiny_deeplabv2  # noqa: E402
-from msjax.train_step import create_train_state, make_train_step  # noqa: E402
+from msjax.optim import ORIGINAL_OPTIM  # noqa: E402
+from msjax.train_step import (  # noqa: E402
+    ORIGINAL_LOSS,
+    create_train_state,
+    make_train_step,
+)
 
-SMOOTH_LOSS = dict(
-    target="maxsquare",
-    lambda_target=0.1,
-    iw_ratio=0.2,
-    threshold=0.95,
-    multi_level=False,
-    multi_threshold=0.5,
-    lambda_seg=0.1,
-    ignore_index=255,
-)
-LOSS = dict(
-    target="iw_maxsquare",
-    lambda_target=0.1,
-    iw_ratio=0.2,
-    threshold=0.95,
-    multi_level=True,
-    multi_threshold=0.5,
-    lambda_seg=0.1,
-    ignore_index=255,
-)
+SMOOTH_LOSS = ORIGINAL_LOSS
+# Argmax-weighted and thresholded terms too; a low threshold so that pixels are kept.
+LOSS = dict(ORIGINAL_LOSS, target="iw_maxsquare", multi_level=True, multi_threshold=0.5)
 OPTIM = dict(
+    ORIGINAL_OPTIM,
     lr=0.01,
-    momentum=0.9,
-    weight_decay=5e-4,
-    poly_power=0.9,
     iter_max=10,
-    groups={"backbone": 1.0, "head": 10.0},
     rules=optim.faithful_rules(aspp_branches=2, aux_head_trained=True),
 )
 

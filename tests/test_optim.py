@@ -10,12 +10,8 @@ import torch
 from msjax import optim
 
 OPTIM = dict(
-    lr=2.5e-4,
-    momentum=0.9,
-    weight_decay=5e-4,
-    poly_power=0.9,
+    optim.ORIGINAL_OPTIM,
     iter_max=7,
-    groups={"backbone": 1.0, "head": 10.0},
     rules=optim.faithful_rules(aspp_branches=2, aux_head_trained=False),
 )
 

@@ -21,16 +21,7 @@ from msjax import train_step as ts
 from msjax.data import normalize, synthetic
 from msjax.models import DeepLabV2, tiny_deeplabv2
 
-LOSS = dict(
-    target="maxsquare",
-    lambda_target=0.1,
-    iw_ratio=0.2,
-    threshold=0.95,
-    multi_level=False,
-    multi_threshold=0.95,
-    lambda_seg=0.1,
-    ignore_index=255,
-)
+LOSS = ts.ORIGINAL_LOSS
 
 
 def rel_err(a, b) -> float:
@@ -41,12 +32,9 @@ def rel_err(a, b) -> float:
 def make_state(model, lr, shape=(1, 65, 65, 3)):
     variables = jax.jit(lambda k: model.init(k, jnp.zeros(shape), train=False))(jax.random.key(0))
     cfg = dict(
+        optim.ORIGINAL_OPTIM,
         lr=lr,
-        momentum=0.9,
-        weight_decay=5e-4,
-        poly_power=0.9,
         iter_max=10_000,
-        groups={"backbone": 1.0, "head": 10.0},
         rules=optim.faithful_rules(aspp_branches=2, aux_head_trained=False),
     )
     tx, _ = optim.make_optimizer(cfg, variables["params"])

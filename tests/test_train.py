@@ -14,7 +14,7 @@ import pytest
 from msjax import optim, trainer
 from msjax.models import tiny_deeplabv2
 from msjax.prepare import prepare_one
-from msjax.train_step import compute_loss
+from msjax.train_step import ORIGINAL_LOSS, compute_loss
 from tests import fake_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -230,16 +230,7 @@ def test_per_image_batch_of_four_equals_four_single_pairs():
         "label": jnp.asarray(rng.randint(0, 5, (4, 32, 40)), jnp.int32),
     }
     target = {"image": jnp.asarray(rng.randn(4, 32, 40, 3), jnp.float32)}
-    loss_cfg = dict(
-        target="iw_maxsquare",
-        lambda_target=0.1,
-        iw_ratio=0.2,
-        threshold=0.95,
-        multi_level=False,
-        multi_threshold=0.3,
-        lambda_seg=0.1,
-        ignore_index=255,
-    )
+    loss_cfg = dict(ORIGINAL_LOSS, target="iw_maxsquare")
 
     @jax.jit
     def grads(s, t):
