@@ -24,9 +24,7 @@ def get_config(arg=None):
     c.batch_pairs = 4
     c.model.blocks = (1, 1, 1, 1)
     c.model.width = 16
-    c.source.dataset, c.source.config = "synthetic_source", "192x96"
-    c.target.dataset, c.target.config = "synthetic_target", "192x96"
-    c.eval.dataset, c.eval.config, c.eval.split = "synthetic_target", "192x96", "val"
+    configlib.use_synthetic(c, "192x96")
     c.eval.batch_size = 20
     c.optim.lr = 0.01
     c.train.log_every = 25

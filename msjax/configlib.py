@@ -136,6 +136,18 @@ def parse_arg(arg: str | None, variants: tuple[str, ...], default: str) -> tuple
     return (rest[0] if rest else default), smoke
 
 
+def use_synthetic(c: ml_collections.ConfigDict, size: str) -> None:
+    """Points both training streams and the evaluation at the generated synthetic data sets.
+
+    Args:
+      size: a synthetic config, '128x64', '192x96' or '256x128'; evaluation reads the
+        target style's val split.
+    """
+    c.source.dataset, c.source.config = "synthetic_source", size
+    c.target.dataset, c.target.config = "synthetic_target", size
+    c.eval.dataset, c.eval.config, c.eval.split = "synthetic_target", size, "val"
+
+
 def apply_smoke(c: ml_collections.ConfigDict) -> None:
     """Shrinks an experiment to a CPU smoke test: same losses and policy, tiny everything.
 
@@ -146,9 +158,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
     c.model.blocks = (1, 1, 1, 1)
     c.model.width = 8
     c.init.checkpoint = ""
-    c.source.dataset, c.source.config = "synthetic_source", "128x64"
-    c.target.dataset, c.target.config = "synthetic_target", "128x64"
-    c.eval.dataset, c.eval.config, c.eval.split = "synthetic_target", "128x64", "val"
+    use_synthetic(c, "128x64")
     c.eval.batch_size = 8
     c.eval.every_steps = 2
     c.train.steps = 2

@@ -125,6 +125,14 @@ def _apply_split_lists(
     return out
 
 
+def _layout(splits: dict[str, list[Pair]], split_lists, skipped: list) -> Layout:
+    """The splits as found, or, with split lists, the listed pairs out of all found ones."""
+    if split_lists:
+        pooled = [p for pairs in splits.values() for p in pairs]
+        return Layout(_apply_split_lists(pooled, split_lists, skipped), skipped)
+    return Layout(splits, skipped)
+
+
 def _flat_layout(dataset, root, image_dir, label_dir, image_re, label_re, split_lists):
     """GTA5 and SYNTHIA: two flat folders of images and labels with matching names."""
     for folder in (image_dir, label_dir):
@@ -134,9 +142,7 @@ def _flat_layout(dataset, root, image_dir, label_dir, image_re, label_re, split_
     pairs = _pair_up(
         _files(root / image_dir, image_re), _files(root / label_dir, label_re), skipped
     )
-    if split_lists:
-        return Layout(_apply_split_lists(pairs, split_lists, skipped), skipped)
-    return Layout({"train": pairs}, skipped)
+    return _layout({"train": pairs}, split_lists, skipped)
 
 
 def _cityscapes_layout(root: Path, split_lists) -> Layout:
@@ -158,10 +164,7 @@ def _cityscapes_layout(root: Path, split_lists) -> Layout:
         all_pairs[split] = _pair_up(images, labels, skipped)
     if not all_pairs:
         raise _missing("cityscapes", root, root / "leftImg8bit" / "train")
-    if split_lists:
-        pooled = [p for pairs in all_pairs.values() for p in pairs]
-        return Layout(_apply_split_lists(pooled, split_lists, skipped), skipped)
-    return Layout(all_pairs, skipped)
+    return _layout(all_pairs, split_lists, skipped)
 
 
 def _nthu_city_dir(root: Path, city: str) -> Path:
@@ -198,10 +201,7 @@ def _nthu_layout(root: Path, city: str, split_lists) -> Layout:
         )
     if not splits:
         raise _missing("nthu", root, city_dir / "Images" / "Train")
-    if split_lists:
-        pooled = [p for pairs in splits.values() for p in pairs]
-        return Layout(_apply_split_lists(pooled, split_lists, skipped), skipped)
-    return Layout(splits, skipped)
+    return _layout(splits, split_lists, skipped)
 
 
 def discover(dataset: str, raw_dir, city: str | None = None, split_lists=None) -> Layout:
