@@ -4,7 +4,9 @@ A config is data: an `ml_collections.ConfigDict` with every field the trainer re
 the original's hyper-parameters (../shared/REFERENCE.md section 5) by default. Experiment
 files change only what differs. Fields:
 
-  seed, batch_pairs (global source+target pairs per step), data_dir, distributed
+  seed, batch_pairs (global source+target pairs per step), data_dir, distributed,
+            data_shards (slices of the training data, 0: one per process),
+            deterministic (deterministic XLA GPU kernels; slower, bitwise repeatable)
   model.*   DeepLabV2 fields (num_classes, blocks, width, stride_on, aspp_branches, bn_mode,
             atrous, weight_grad, remat, dtype)
   init.*    checkpoint (a weights folder from msjax.convert or a run's best/final; '' for the
@@ -54,6 +56,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_pairs = 1
     c.data_dir = ""
     c.distributed = False
+    # Slices the training data is cut into; each process reads its own. 0: one per process.
+    # A fixed number (a multiple of the process count) makes the data order, and the run,
+    # the same on any number of processes.
+    c.data_shards = 0
+    c.deterministic = False  # XLA's deterministic GPU kernels (README: Reproducibility)
     c.model = ml_collections.ConfigDict(
         dict(
             num_classes=19,

@@ -9,6 +9,7 @@ results.json.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -22,9 +23,11 @@ from msjax import optim, sharding, weights
 from msjax.checkpoint import RunCheckpoints, export_weights
 from msjax.metric_writer import MetricWriter
 from msjax.models import DeepLabV2
+from msjax.preemption import PreemptionSignal
 from msjax.prepare import SYNTHETIC
 from msjax.train_step import TrainState, create_train_state, make_train_step
 from msjax.validation import Validator
+from msjax.workdir import prepare_workdir
 
 
 class TrainingError(RuntimeError):
@@ -37,7 +40,10 @@ def build_model(config):
     fields["blocks"] = tuple(fields["blocks"])
     fields["dtype"] = jnp.dtype(fields["dtype"])
     if config.init.checkpoint:
-        model, variables = weights.load(config.init.checkpoint, **fields)
+        try:
+            model, variables = weights.load(config.init.checkpoint, **fields)
+        except weights.WeightsError as e:
+            raise weights.WeightsError(f"config.init.checkpoint: {e}") from None
         metadata = weights.read_metadata(config.init.checkpoint)
         return model, variables, metadata
     model = DeepLabV2(**fields)
@@ -72,10 +78,18 @@ def weights_metadata(model: DeepLabV2, init_meta, **run_facts) -> dict:
 
 def data_dir_for(config, workdir: str) -> str:
     """config.data_dir, or WORKDIR/data when every stream reads generated synthetic data."""
-    if config.data_dir:
-        return os.path.abspath(os.path.expanduser(config.data_dir))
     datasets = {config.source.dataset, config.target.dataset, config.eval.dataset}
-    if datasets <= set(SYNTHETIC):
+    synthetic_only = datasets <= set(SYNTHETIC)
+    if config.data_dir:
+        path = os.path.abspath(os.path.expanduser(config.data_dir))
+        # Synthetic data is generated on first use; real data must have been prepared.
+        if not synthetic_only and not os.path.isdir(path):
+            raise TrainingError(
+                f"config.data_dir={config.data_dir} does not exist. Prepare the data sets "
+                f"there with `python -m msjax.prepare DATASET RAW_DIR --data-dir {path}`."
+            )
+        return path
+    if synthetic_only:
         return os.path.join(workdir, "data")
     raise TrainingError(
         "config.data_dir is empty. Prepare the data sets once with `python -m msjax.prepare "
@@ -94,36 +108,29 @@ def ensure_synthetic_prepared(config, data_dir: str) -> None:
             if jax.process_index() == 0:
                 print(f"Generating {dataset} {name} into {data_dir} (once) ...", flush=True)
                 prepare_one(dataset, name, data_dir, progress=True)
+    if jax.process_count() > 1:  # the other processes read what process 0 wrote
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("msjax: synthetic data prepared")
 
 
-def check_workdir(workdir: str, config) -> None:
-    """Creates the workdir and records the config; warns if it holds another config's run."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise TrainingError(f"workdir {workdir} is not writable: {e}") from None
-    path = os.path.join(workdir, "config.json")
-    text = config.to_json_best_effort(indent=2, sort_keys=True)
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = f.read()
-        if previous != text:
-            print(f"warning: {path} differs from this run's config; resuming anyway.", flush=True)
-            path = os.path.join(workdir, f"config.{int(time.time())}.json")
-    if jax.process_index() == 0:
-        with open(path, "w") as f:
-            f.write(text + "\n")
+def data_shards(config) -> int:
+    """How many slices the training splits are cut into (config.data_shards, 0: processes)."""
+    shards = config.data_shards or jax.process_count()
+    if shards < 1 or shards % jax.process_count() or config.batch_pairs % shards:
+        raise TrainingError(
+            f"config.data_shards={config.data_shards} (so {shards} shards) must be a positive "
+            f"multiple of the number of processes ({jax.process_count()}) that divides "
+            f"config.batch_pairs={config.batch_pairs}."
+        )
+    return shards
 
 
 def stream_config(config, stream, data_dir: str, normalization: str, seed: int) -> dict:
-    """DataConfig fields of one stream (this host's share of the global batch)."""
+    """DataConfig fields of one stream (batch_size: one data shard's share of the batch)."""
     fields = {k: v for k, v in stream.items() if v is not None}
     fields.update(
-        batch_size=config.batch_pairs // jax.process_count(),
+        batch_size=config.batch_pairs // data_shards(config),
         seed=seed,
         num_classes=config.model.num_classes,
         normalization=normalization,
@@ -141,18 +148,62 @@ def first_non_finite(history) -> tuple[int, str] | None:
     return None
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def describe_streams(config, streams: dict) -> dict:
+    """Per stream: examples on this host, steps per epoch, epochs the run will see.
+
+    The epoch rule: every stream cycles through its own split on its own; a step never waits
+    for another stream. With fewer target than source examples, the target stream simply
+    starts its next (reshuffled) epoch sooner.
+    """
+    facts = {}
+    for name, stream in streams.items():
+        cfg = stream.cfg
+        facts[name] = dict(
+            data=f"{cfg.dataset}/{cfg.config}/{cfg.split}",
+            split_this_host=stream.host_split,
+            examples_this_host=stream.num_examples,
+            steps_per_epoch=stream.steps_per_epoch,
+            epochs=round(config.train.steps / stream.steps_per_epoch, 2),
+        )
+    return facts
+
+
+@jax.jit
+def _leaves_finite(leaves):
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
+
+
+def all_finite(tree) -> bool:
+    """True when every floating-point leaf of `tree` is finite (one jitted reduction)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return bool(_leaves_finite(leaves))
+
+
+def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) -> dict:
     """Runs (or resumes) the training described by `config` in `workdir`.
+
+    SIGTERM (preemption) saves a checkpoint at the current step and returns early, with
+    `preempted` in the summary; running again continues from there.
+
+    Args:
+      config: an experiment config (msjax.configlib fields).
+      workdir: the run's folder; if it holds checkpoints, the run resumes from the latest.
+      allow_config_change: continue a run in `workdir` although its recorded config differs
+        in a field that changes the computation (otherwise that is refused).
 
     Returns:
       A summary: final step, last and best target mIoU, paths of the exported weights.
+
+    Raises:
+      TrainingError, and the ValueErrors CheckpointError, WorkdirError, DataError and
+        WeightsError: user-facing problems, each naming the file, field or step at fault.
     """
-    from msjax.data.pipeline import make_train_stream
+    from msjax.data.pipeline import make_sharded_train_stream
 
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    check_workdir(workdir, config)
     mesh = sharding.make_mesh()
     sharding.check_global_batch(config.batch_pairs, mesh)
+    prepare_workdir(workdir, config, allow_config_change)
     data_dir = data_dir_for(config, workdir)
     ensure_synthetic_prepared(config, data_dir)
 
@@ -176,14 +227,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
         print(f"Resuming {workdir} from step {start}.", flush=True)
 
     norm = init_meta["input_normalization"]
-    source = make_train_stream(
-        stream_config(config, config.source, data_dir, norm, config.seed), start_step=start
-    )
+    shards = data_shards(config)
+    if record.get("data_shards", shards) != shards and jax.process_index() == 0:
+        print(
+            f"warning: this run was started with {record['data_shards']} data shards and "
+            f"continues with {shards}: the data order changes. Set "
+            f"--config.data_shards={record['data_shards']} to keep it.",
+            flush=True,
+        )
+    record["data_shards"] = shards
+    streams = {
+        "source": make_sharded_train_stream(
+            stream_config(config, config.source, data_dir, norm, config.seed),
+            shards=shards,
+            start_step=start,
+        )
+    }
     adapting = config.loss.target != "none"
-    target = None
     if adapting:
-        target = make_train_stream(
+        streams["target"] = make_sharded_train_stream(
             stream_config(config, config.target, data_dir, norm, config.seed + 1),
+            shards=shards,
             start_step=start,
         )
     validator = Validator(model, config, data_dir, norm, mesh)
@@ -196,10 +260,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
         donate_argnums=(0,),
     )
     schedule = optim.poly_schedule(config.optim.lr, config.optim.iter_max, config.optim.poly_power)
-    writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
     rng = jax.random.key(config.seed)
     total = config.train.steps
-    summary = {"workdir": workdir, "group_sizes": group_sizes, "start_step": start}
+    summary = {
+        "workdir": workdir,
+        "group_sizes": group_sizes,
+        "start_step": start,
+        "data": describe_streams(config, streams),
+    }
     if jax.process_index() == 0:
         print(
             f"Training {model.num_classes}-class DeepLabV2 (blocks {list(model.blocks)}, width "
@@ -208,28 +276,50 @@ def train_and_evaluate(config, workdir: str) -> dict:
             f"loss {config.loss.target}; parameters per group {group_sizes}",
             flush=True,
         )
+        for name, facts in summary["data"].items():
+            print(
+                f"  {name}: {facts['data']}, {facts['examples_this_host']} examples on this "
+                f"host, an epoch every {facts['steps_per_epoch']} steps ({facts['epochs']} "
+                "epochs in this run; each stream repeats on its own)",
+                flush=True,
+            )
+
+    def export(folder: str, state: TrainState, step: int, **facts) -> None:
+        path = os.path.join(workdir, folder)
+        try:
+            export_weights(
+                path,
+                state.params,
+                state.batch_stats,
+                weights_metadata(model, init_meta, step=step, **facts),
+            )
+        except Exception as e:
+            raise TrainingError(
+                f"Could not write the {folder} weights of step {step} to {path}: {e}. "
+                f"Any earlier {path} is intact; the train states are in {ckpts.directory}."
+            ) from e
 
     def evaluate(step: int, state: TrainState) -> float:
         result = validator.run(state.params, state.batch_stats, step, writer)
         miou = result["miou"]
         if record["best_miou"] is None or miou > record["best_miou"]:
             record.update(best_miou=miou, best_step=step)
-            export_weights(
-                os.path.join(workdir, "best"),
-                state.params,
-                state.batch_stats,
-                weights_metadata(
-                    model,
-                    init_meta,
-                    step=step,
-                    miou=miou,
-                    eval=f"{config.eval.dataset}/{config.eval.config}/{config.eval.split}",
-                ),
-            )
+            evaluated = f"{config.eval.dataset}/{config.eval.config}/{config.eval.split}"
+            export("best", state, step, miou=miou, eval=evaluated)
         summary["last_miou"] = miou
         return miou
 
-    history = []  # (step, metrics on device) since the last log
+    def save(step: int, state: TrainState) -> None:
+        if not all_finite((state.params, state.batch_stats, state.opt_state)):
+            raise TrainingError(
+                f"The parameters, BN statistics or optimiser state became non-finite at step "
+                f"{step} (the losses so far were finite); stopping without saving them. The "
+                f"last good checkpoint (step {ckpts.latest_step()}) in {ckpts.directory} is "
+                "intact."
+            )
+        ckpts.save(step, state, record)
+
+    writer = MetricWriter(workdir, tensorboard=config.train.tensorboard, start_step=start)
     bar = tqdm(
         total=total,
         initial=start,
@@ -237,50 +327,68 @@ def train_and_evaluate(config, workdir: str) -> dict:
         disable=jax.process_index() != 0,
         dynamic_ncols=True,
     )
+    history = []  # (step, metrics on device) since the last log
     step = start
     t_log = time.perf_counter()
-    while step < total:
-        s = sharding.to_global(next(source), mesh)
-        t = sharding.to_global({"image": next(target)["image"]}, mesh) if adapting else None
-        state, metrics = step_fn(state, s, t, rng)
-        step += 1
-        history.append((step, metrics))
-        bar.update(1)
-        log_now = step % config.train.log_every == 0 or step == total
-        save_now = step % config.train.checkpoint_every == 0 or step == total
-        eval_now = step % config.eval.every_steps == 0 or step == total
-        if log_now or save_now or eval_now:
-            fetched = [(k, {n: float(v) for n, v in jax.device_get(m).items()}) for k, m in history]
-            history.clear()
-            bad = first_non_finite(fetched)
-            if bad:
-                bar.close()
-                ckpts.wait()
-                raise TrainingError(
-                    f"Non-finite {bad[1]} at step {bad[0]}; stopping. The last good checkpoint "
-                    f"(step {ckpts.latest_step()}) in {ckpts.directory} is intact."
+    preempted = False
+    with contextlib.ExitStack() as cleanup, PreemptionSignal() as preemption:
+        # On any exit, a save already under way is finished: nothing good is lost.
+        cleanup.callback(writer.close)
+        cleanup.callback(ckpts.close)
+        cleanup.callback(bar.close)
+        while step < total:
+            s = sharding.to_global(next(streams["source"]), mesh)
+            t = None
+            if adapting:
+                t = sharding.to_global({"image": next(streams["target"])["image"]}, mesh)
+            state, metrics = step_fn(state, s, t, rng)
+            step += 1
+            history.append((step, metrics))
+            bar.update(1)
+            preempted = preemption.requested()
+            log_now = step % config.train.log_every == 0 or step == total
+            save_now = step % config.train.checkpoint_every == 0 or step == total or preempted
+            eval_now = (step % config.eval.every_steps == 0 or step == total) and not preempted
+            if log_now or save_now or eval_now:
+                fetched = [
+                    (k, {n: float(v) for n, v in jax.device_get(m).items()}) for k, m in history
+                ]
+                history.clear()
+                bad = first_non_finite(fetched)
+                if bad:
+                    ckpts.wait()
+                    raise TrainingError(
+                        f"Non-finite {bad[1]} at step {bad[0]}; stopping. The last good "
+                        f"checkpoint (step {ckpts.latest_step()}) in {ckpts.directory} is "
+                        "intact."
+                    )
+                mean = {n: float(np.mean([v[n] for _, v in fetched])) for n in fetched[-1][1]}
+                mean["lr"] = float(schedule(step - 1))
+                elapsed = time.perf_counter() - t_log
+                mean["steps_per_sec"] = len(fetched) / max(elapsed, 1e-9)
+                t_log = time.perf_counter()
+                writer.scalars(step, mean)
+                bar.set_postfix(loss=f"{mean['loss']:.4f}", lr=f"{mean['lr']:.2e}")
+            if eval_now:
+                evaluate(step, state)
+            if save_now:
+                save(step, state)
+            if preempted:
+                break
+        ckpts.wait()
+        if preempted:
+            bar.close()
+            if jax.process_index() == 0:
+                print(
+                    f"Preempted (SIGTERM): saved step {step} in {ckpts.directory}. Run the same "
+                    "command again to continue.",
+                    flush=True,
                 )
-            mean = {n: float(np.mean([v[n] for _, v in fetched])) for n in fetched[-1][1]}
-            mean["lr"] = float(schedule(step - 1))
-            elapsed = time.perf_counter() - t_log
-            mean["steps_per_sec"] = len(fetched) / max(elapsed, 1e-9)
-            t_log = time.perf_counter()
-            writer.scalars(step, mean)
-            bar.set_postfix(loss=f"{mean['loss']:.4f}", lr=f"{mean['lr']:.2e}")
-        if eval_now:
+            summary.update(final_step=step, preempted=True)
+            return summary
+        if "last_miou" not in summary:  # restarted after its last step: score it all the same
             evaluate(step, state)
-        if save_now:
-            ckpts.save(step, state, record)
-    bar.close()
-    if "last_miou" not in summary:  # restarted after its last step: score it all the same
-        evaluate(step, state)
-    ckpts.wait()
-    export_weights(
-        os.path.join(workdir, "final"),
-        state.params,
-        state.batch_stats,
-        weights_metadata(model, init_meta, step=step, miou=summary.get("last_miou")),
-    )
+        export("final", state, step, miou=summary.get("last_miou"))
     summary.update(
         final_step=step,
         best_miou=record["best_miou"],
@@ -291,6 +399,4 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(summary, f, indent=2)
-    writer.close()
-    ckpts.close()
     return summary

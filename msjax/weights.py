@@ -201,7 +201,9 @@ def save(
 
     The folder is written under a temporary name and renamed at the end, so an interrupted
     conversion never leaves a folder that looks complete; with `overwrite`, an existing
-    folder is replaced only once the new one is complete.
+    folder is replaced only once the new one is complete. In a multi-process job only the
+    calling process takes part (Orbax's cross-process barriers are switched off), so one
+    process can save alone.
     """
     import orbax.checkpoint as ocp
 
@@ -210,13 +212,21 @@ def save(
         raise WeightsError(f"Output folder {out_dir} exists and is not empty; pass --force.")
     tmp_dir = f"{out_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    os.makedirs(tmp_dir)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(tmp_dir, VARIABLES_DIR), jax.tree.map(np.asarray, variables))
-        ckptr.wait_until_finished()
-    with open(os.path.join(tmp_dir, METADATA_FILE), "w") as f:
-        json.dump({"format": FORMAT_VERSION, **metadata}, f, indent=2, sort_keys=True)
-        f.write("\n")
+    try:
+        os.makedirs(tmp_dir)
+        alone = ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()}
+        )
+        with ocp.StandardCheckpointer(multiprocessing_options=alone) as ckptr:
+            ckptr.save(os.path.join(tmp_dir, VARIABLES_DIR), jax.tree.map(np.asarray, variables))
+            ckptr.wait_until_finished()
+        with open(os.path.join(tmp_dir, METADATA_FILE), "w") as f:
+            json.dump({"format": FORMAT_VERSION, **metadata}, f, indent=2, sort_keys=True)
+            f.write("\n")
+    except BaseException:
+        # A failed write (disk full, interrupt) must not leave a half folder behind.
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
     if os.path.exists(out_dir):
         old_dir = f"{out_dir}.old-{os.getpid()}"
         os.rename(out_dir, old_dir)

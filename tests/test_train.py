@@ -1,4 +1,8 @@
-"""Training end to end: configs, CLI errors, smoke runs, resume, NaN stop, sharding, BN batching."""
+"""Training end to end: configs, CLI errors, smoke runs, sharding, BN batching.
+
+Resume, preemption and non-finite stops are in test_reliability.py; bad inputs in
+test_errors.py.
+"""
 
 import importlib.util
 import json
@@ -77,9 +81,9 @@ def test_unknown_config_arguments_list_the_valid_ones():
         load_config("city2nthu", "paris")
 
 
-def run_cli(*args):
+def run_cli(*args, env=None):
     """`python -m msjax.train ARGS` as a user runs it (absl flags parse once per process)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "msjax.train", *args],
         cwd=REPO,
@@ -146,51 +150,6 @@ def test_demo_smoke_prints_the_table(tmp_path, synthetic_dir, capsys):
     out = capsys.readouterr().out
     assert "MaxSquare + IW" in out and "source only" in out
     assert json.load(open(tmp_path / "results.json")) == results
-
-
-def smoke_config(synthetic_dir, steps, **changes):
-    c = load_config("gta2city", "iw,smoke")
-    c.data_dir = synthetic_dir
-    c.train.steps = steps
-    c.train.checkpoint_every = 2
-    c.eval.every_steps = 100
-    c.train.tensorboard = False
-    for key, value in changes.items():
-        section, field = key.split("__")
-        c[section][field] = value
-    return c
-
-
-def test_resumed_run_equals_uninterrupted_run(tmp_path, synthetic_dir):
-    straight = trainer.train_and_evaluate(smoke_config(synthetic_dir, 4), str(tmp_path / "a"))
-    trainer.train_and_evaluate(smoke_config(synthetic_dir, 2), str(tmp_path / "b"))
-    resumed = trainer.train_and_evaluate(smoke_config(synthetic_dir, 4), str(tmp_path / "b"))
-    assert straight["final_step"] == resumed["final_step"] == 4 and resumed["start_step"] == 2
-
-    def losses(run):
-        lines = [json.loads(x) for x in open(tmp_path / run / "metrics.jsonl")]
-        return [(r["step"], r["loss"]) for r in lines if "loss" in r]
-
-    assert losses("a") == losses("b")
-    from msjax import weights
-
-    _, a = weights.load(str(tmp_path / "a" / "final"))
-    _, b = weights.load(str(tmp_path / "b" / "final"))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, synthetic_dir):
-    c = smoke_config(synthetic_dir, 6, optim__lr=1e9, train__checkpoint_every=1)
-    c.train.log_every = 3
-    with pytest.raises(trainer.TrainingError, match=r"Non-finite \w+ at step \d") as err:
-        trainer.train_and_evaluate(c, str(tmp_path))
-    bad_step = int(str(err.value).split(" at step ")[1].split(";")[0])
-    from msjax.checkpoint import RunCheckpoints
-
-    ckpts = RunCheckpoints(str(tmp_path))
-    assert ckpts.latest_step() is not None and ckpts.latest_step() < bad_step
-    ckpts.close()
 
 
 def test_end_to_end_on_fixture_gta5_and_cityscapes(tmp_path):
@@ -262,7 +221,7 @@ def test_sharded_step_on_eight_cpu_devices_equals_one_device():
     )
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert result.stdout.count("8 devices vs 1") == 3
+    assert result.stdout.count("8 devices vs 1") == 2
 
 
 def test_batch_not_divisible_by_devices_is_refused():

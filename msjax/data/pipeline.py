@@ -31,6 +31,7 @@ __all__ = [
     "NORMALIZATIONS",
     "denormalize",
     "make_eval_stream",
+    "make_sharded_train_stream",
     "make_train_stream",
     "normalize",
 ]
@@ -189,6 +190,7 @@ class TrainStream(Iterator):
       steps_per_epoch: batches per epoch, equal on every host (the smallest host slice
         divided by the batch size; the remainder of each epoch is dropped).
       num_examples: examples in this host's slice.
+      host_split: this host's slice as a split spec, e.g. "train[0:1487]".
     """
 
     def __init__(self, cfg: DataConfig, start_step: int, process_index: int, process_count: int):
@@ -224,6 +226,10 @@ class TrainStream(Iterator):
             crop_hw=(crop[1], crop[0]) if crop else None,
         )
         self._aug_seed = _derive_seed(cfg.seed, process_index, 1)
+
+    @property
+    def host_split(self) -> str:
+        return self._spec
 
     def _records(self, epoch):
         """Encoded records of one epoch (a tf.int64 scalar), in that epoch's order."""
@@ -308,6 +314,65 @@ def make_train_stream(
     cfg = DataConfig.create(cfg, **overrides)
     index, count = _process(process_index, process_count)
     return TrainStream(cfg, start_step, index, count)
+
+
+class ShardedTrainStream:
+    """This process's rows of the global batch: the batches of its data shards, concatenated.
+
+    The training data is split into `shards` host slices (TrainStream's process slices);
+    each process reads only its own shards. The global batch at a step is the shards'
+    batches in shard order, however many processes read them: with a fixed number of
+    shards, 1, 2 or `shards` processes train on the same global batches.
+
+    Attributes:
+      cfg, steps_per_epoch: as TrainStream (equal for every shard).
+      num_examples: examples in this process's shards.
+      host_split: this process's slices, e.g. "train[0:12] + train[12:24]".
+    """
+
+    def __init__(self, streams: list[TrainStream]):
+        self.streams = streams
+        self.cfg = streams[0].cfg
+        self.steps_per_epoch = streams[0].steps_per_epoch
+        self.num_examples = sum(s.num_examples for s in streams)
+        self.host_split = " + ".join(s.host_split for s in streams)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batches = [next(s) for s in self.streams]
+        if len(batches) == 1:
+            return batches[0]
+        return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def make_sharded_train_stream(
+    cfg,
+    *,
+    shards: int,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    **overrides,
+) -> ShardedTrainStream:
+    """A training stream of this process's `shards / process_count` data shards.
+
+    Args:
+      cfg: DataConfig fields; `batch_size` is the batch of ONE shard.
+      shards: how many slices the split is cut into; a multiple of the process count.
+      start_step, process_index, process_count, **overrides: as make_train_stream.
+    """
+    cfg = DataConfig.create(cfg, **overrides)
+    index, count = _process(process_index, process_count)
+    if shards < 1 or shards % count:
+        raise DataError(
+            f"data_shards={shards} must be a positive multiple of the number of processes "
+            f"({count})."
+        )
+    per = shards // count
+    own = range(index * per, (index + 1) * per)
+    return ShardedTrainStream([TrainStream(cfg, start_step, s, shards) for s in own])
 
 
 def _with_mask(value: bool):

@@ -1,0 +1,28 @@
+"""Two JAX processes (jax.distributed on 127.0.0.1, CPU collectives) train like one."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_train import REPO
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_and_each_reads_its_shard():
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.two_process_check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    report = [
+        line
+        for line in result.stdout.splitlines()
+        if line.startswith(("two", "one", "source", "target", "PASS", "FAIL"))
+    ]
+    print("\n".join(report))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    assert report[-1] == "PASS"
+    assert "process 0 reads train[0:12], process 1 reads train[12:24]" in result.stdout

@@ -1,0 +1,168 @@
+"""`python -m tests.two_process_check`: two JAX processes train like one (run by test_distributed).
+
+The driver starts two local processes that join one job with `jax.distributed.initialize`
+on 127.0.0.1 (CPU collectives over Gloo), each with one CPU device, and run the real
+trainer on a global batch of 2 pairs: each process reads its own half of every split.
+Then the driver trains the same config as a single process (1 device, both pairs) and
+compares the final train states (parameters, BN statistics, optimiser state), the logged
+losses and the validation mIoU. Both use config.data_shards=2, so the one process reads
+both halves and trains on the same global batches. It prints one line per comparison and
+exits 1 if any is out of tolerance.
+
+`python -m tests.two_process_check worker PORT ID DATA_DIR WORKDIR` is one of the two.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 3
+TOLERANCE = 1e-6
+MOMENTUM_TOLERANCE = 3e-5
+
+
+def config(data_dir):
+    from tests.test_train import load_config
+
+    c = load_config("gta2city", "iw,smoke")
+    c.data_dir = data_dir
+    c.batch_pairs = 2
+    c.data_shards = 2  # the one-process run reads both shards: the same global batches
+    c.train.steps = STEPS
+    c.train.checkpoint_every = 2
+    c.train.log_every = 1
+    c.train.tensorboard = False
+    c.eval.every_steps = 100
+    return c
+
+
+def worker(port: str, process_id: str, data_dir: str, workdir: str) -> None:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=int(process_id))
+    from msjax import trainer
+
+    summary = trainer.train_and_evaluate(config(data_dir), workdir)
+    with open(os.path.join(workdir, f"data_{process_id}.json"), "w") as f:
+        json.dump(summary["data"], f)
+    jax.distributed.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_state(workdir, like=None):
+    """The TrainState saved at STEPS as numpy; `like` gives the structure when the
+    checkpoint was written by another topology (two processes), restored onto one device."""
+    import orbax.checkpoint as ocp
+
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = None
+    if like is not None:
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like
+        )
+    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+        restored = manager.restore(
+            STEPS, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        )
+    return jax.tree.map(np.asarray, restored.state)
+
+
+def losses(workdir):
+    lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+    return np.array([[r["loss"], r["loss_target"]] for r in lines if "loss" in r])
+
+
+def driver() -> int:
+    from msjax.prepare import prepare_one
+
+    root = tempfile.mkdtemp(prefix="msjax_two_process_")
+    data_dir = os.path.join(root, "data")
+    for dataset in ("synthetic_source", "synthetic_target"):
+        prepare_one(dataset, "128x64", data_dir, max_examples=24)
+    two, one = os.path.join(root, "two"), os.path.join(root, "one")
+
+    port = str(free_port())
+    cmd = [sys.executable, "-m", "tests.two_process_check", "worker", port]
+    procs = [
+        subprocess.Popen([*cmd, str(i), data_dir, two], cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=400)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    if any(p.returncode for p in procs):
+        for i, out in enumerate(outputs):
+            print(f"--- process {i} (exit {procs[i].returncode}):\n{out[-4000:]}")
+        return 1
+
+    from msjax import trainer
+
+    trainer.train_and_evaluate(config(data_dir), one)
+
+    ok = True
+    shards = [json.load(open(os.path.join(two, f"data_{i}.json"))) for i in range(2)]
+    for stream in ("source", "target"):
+        splits = [s[stream]["split_this_host"] for s in shards]
+        sizes = [s[stream]["examples_this_host"] for s in shards]
+        print(f"{stream}: process 0 reads {splits[0]}, process 1 reads {splits[1]}")
+        ok &= splits == ["train[0:12]", "train[12:24]"] and sizes == [12, 12]
+    one_reads = json.load(open(os.path.join(one, "results.json")))["data"]["source"]
+    print(f"one process reads {one_reads['split_this_host']}")
+
+    b = train_state(one)
+    a = train_state(two, like=b)
+    init = trainer.build_model(config(data_dir))[1]
+    # Parameters must agree to TOLERANCE, absolutely and relative to their largest value; BN
+    # statistics (running variances reach ~20) relative to theirs. The optimiser state is
+    # the momentum, a sum of raw gradients: one device reduces a weight gradient over both
+    # images in one convolution, two devices sum per image and all-reduce, so float32
+    # round-off differs more there (measured 6.6e-6 relative); it gets MOMENTUM_TOLERANCE.
+    for part in ("params", "batch_stats", "opt_state"):
+        pairs = list(zip(jax.tree.leaves(a[part]), jax.tree.leaves(b[part]), strict=True))
+        diff = max(float(np.max(np.abs(x - y))) for x, y in pairs)
+        scale = max(float(np.max(np.abs(y))) for _, y in pairs)
+        line = f"two processes vs one: {part} max |diff| {diff:.2e}, relative {diff / scale:.1e}"
+        if part in init:
+            change = max(
+                float(np.max(np.abs(y - np.asarray(z))))
+                for y, z in zip(jax.tree.leaves(b[part]), jax.tree.leaves(init[part]), strict=True)
+            )
+            line += f" (largest change over the run {change:.2e})"
+        print(line)
+        limit = MOMENTUM_TOLERANCE if part == "opt_state" else TOLERANCE
+        ok &= diff / scale <= limit and (part != "params" or diff <= TOLERANCE)
+    loss_diff = float(np.max(np.abs(losses(two) - losses(one))))
+    print(f"two processes vs one: logged losses max |diff| {loss_diff:.2e}")
+    ok &= loss_diff <= TOLERANCE
+    miou = [json.load(open(os.path.join(w, "results.json")))["last_miou"] for w in (two, one)]
+    print(f"two processes vs one: validation mIoU {miou[0]:.6f} vs {miou[1]:.6f}")
+    ok &= abs(miou[0] - miou[1]) <= TOLERANCE
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["worker"]:
+        worker(*sys.argv[2:])
+    else:
+        sys.exit(driver())
