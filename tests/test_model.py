@@ -13,6 +13,7 @@ from msjax.models import DeepLabV2, feature_size, tiny_deeplabv2
 from msjax.models.layers import (
     atrous_conv_space_to_batch,
     max_pool_ceil,
+    normalize_batch_stats,
     resize_bilinear_align_corners,
 )
 from tests.reference.deeplabv2_torch import DeepLabV2Torch, forward_nhwc, randomize_
@@ -236,3 +237,34 @@ def test_bfloat16_compute_gives_float32_logits_close_to_float32(tiny):
 def test_invalid_fields_list_allowed_values(field, value):
     with pytest.raises(ValueError, match=f"DeepLabV2.{field} must be one of"):
         abstract_variables(tiny_deeplabv2(**{field: value}))
+
+
+@pytest.mark.parametrize("axes", [(1, 2), (0, 1, 2)])
+def test_batchnorm_closed_form_backward_equals_autodiff(axes):
+    """The custom VJP of training-mode BN against autodiff of the plain formula (float64),
+    with cotangents on all three outputs: y, and the statistics that feed the running
+    averages."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, (2, 5, 7, 4))
+    scale, bias = rng.normal(size=4), rng.normal(size=4)
+    stats_shape = (2, 1, 1, 4) if axes == (1, 2) else (1, 1, 1, 4)
+    weights = [rng.normal(size=s) for s in (x.shape, stats_shape, stats_shape)]
+
+    def plain(x, scale, bias):
+        mean = jnp.mean(x, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias, mean, var
+
+    def loss(fn):
+        return lambda *a: sum(jnp.sum(w * o) for w, o in zip(weights, fn(*a), strict=True))
+
+    with jax.enable_x64():
+        x, scale, bias = jnp.asarray(x), jnp.asarray(scale), jnp.asarray(bias)
+        weights = [jnp.asarray(w) for w in weights]
+        custom = lambda x, s, b: normalize_batch_stats(x, s, b, axes, 1e-5)  # noqa: E731
+        for a, b in zip(custom(x, scale, bias), plain(x, scale, bias), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        got = jax.grad(loss(custom), argnums=(0, 1, 2))(x, scale, bias)
+        want = jax.grad(loss(plain), argnums=(0, 1, 2))(x, scale, bias)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)

@@ -241,6 +241,46 @@ class Conv(nn.Module):
         return y
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def normalize_batch_stats(x, scale, bias, axes: tuple[int, ...], epsilon: float):
+    """Training-mode BN over `axes`: (y, mean, biased var), with a closed-form backward.
+
+    The same function autodiff would differentiate, but its backward takes two reductions
+    over x instead of the chain autodiff builds through mean, variance and rsqrt; on XLA:CPU
+    that halves the cost of BN in the backward pass. mean and var keep the reduced axes.
+    """
+    return _normalize_fwd(x, scale, bias, axes, epsilon)[0]
+
+
+def _normalize_fwd(x, scale, bias, axes, epsilon):
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    centred = x - mean
+    var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
+    inv = lax.rsqrt(var + epsilon)
+    y = centred * (inv * scale) + bias
+    return (y, mean, var), (centred, inv, scale)
+
+
+def _normalize_bwd(axes, epsilon, residuals, cotangents):
+    centred, inv, scale = residuals
+    g, g_mean, g_var = cotangents
+    count = np.prod([centred.shape[a] for a in axes])
+    x_hat = centred * inv
+    not_channel = tuple(range(centred.ndim - 1))
+    g_bias = jnp.sum(g, axis=not_channel)
+    g_scale = jnp.sum(g * x_hat, axis=not_channel)
+    mean_g = jnp.mean(g, axis=axes, keepdims=True)
+    mean_g_xhat = jnp.mean(g * x_hat, axis=axes, keepdims=True)
+    g_x = (inv * scale) * (g - mean_g - x_hat * mean_g_xhat)
+    # The statistics are outputs too (running averages); their cotangents are zero in
+    # training but are honoured for completeness.
+    g_x = g_x + g_mean / count + g_var * (2.0 / count) * centred
+    return g_x, g_scale, g_bias
+
+
+normalize_batch_stats.defvjp(_normalize_fwd, _normalize_bwd)
+
+
 class BatchNorm(nn.Module):
     """BatchNorm with the three modes msjax supports.
 
@@ -280,24 +320,18 @@ class BatchNorm(nn.Module):
         stats_dtype = jnp.promote_types(self.dtype, jnp.float32)
         xf = x.astype(stats_dtype)
         use_batch_stats = train and self.mode != "frozen"
+        scale, bias = scale.astype(stats_dtype), bias.astype(stats_dtype)
         if not use_batch_stats:
-            mean, var = ra_mean.value, ra_var.value
-        elif self.mode == "per_image":
-            mean = jnp.mean(xf, axis=(1, 2), keepdims=True)  # [N, 1, 1, C]
-            var = jnp.mean(jnp.square(xf - mean), axis=(1, 2), keepdims=True)
-        else:  # batch
-            mean = jnp.mean(xf, axis=(0, 1, 2))
-            var = jnp.mean(jnp.square(xf - mean), axis=(0, 1, 2))
-
-        if (
-            use_batch_stats
-            and self.is_mutable_collection("batch_stats")
-            and not (self.is_initializing())
-        ):
-            self._update_running_stats(ra_mean, ra_var, mean, var, x.shape)
-
-        inv = lax.rsqrt(var + self.epsilon) * scale.astype(stats_dtype)
-        y = (xf - mean) * inv + bias.astype(stats_dtype)
+            inv = lax.rsqrt(ra_var.value + self.epsilon) * scale
+            return ((xf - ra_mean.value) * inv + bias).astype(self.dtype)
+        axes = (1, 2) if self.mode == "per_image" else (0, 1, 2)
+        y, mean, var = normalize_batch_stats(xf, scale, bias, axes, self.epsilon)
+        if self.is_mutable_collection("batch_stats") and not self.is_initializing():
+            # mean and var keep the reduced axes: [N, 1, 1, C] per image, [1, 1, 1, C] batch.
+            stats_shape = (x.shape[0], c) if self.mode == "per_image" else (c,)
+            self._update_running_stats(
+                ra_mean, ra_var, mean.reshape(stats_shape), var.reshape(stats_shape), x.shape
+            )
         return y.astype(self.dtype)
 
     def _update_running_stats(self, ra_mean, ra_var, mean, var, shape) -> None:
