@@ -1,5 +1,10 @@
-"""Two JAX processes (jax.distributed on 127.0.0.1, CPU collectives) train like one."""
+"""Several devices and processes train like one: 8 CPU devices in one process, and two JAX
+processes (jax.distributed on 127.0.0.1, CPU collectives).
 
+Both run in subprocesses (device counts are fixed when JAX starts).
+"""
+
+import os
 import subprocess
 import sys
 
@@ -26,3 +31,18 @@ def test_two_processes_equal_one_process_and_each_reads_its_shard():
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     assert report[-1] == "PASS"
     assert "process 0 reads train[0:12], process 1 reads train[12:24]" in result.stdout
+
+
+def test_sharded_step_on_eight_cpu_devices_equals_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.sharded_step_check"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert result.stdout.count("8 devices vs 1") == 2

@@ -1,7 +1,7 @@
-"""Training end to end: configs, CLI errors, smoke runs, sharding, BN batching.
+"""Training end to end: configs, CLI errors, smoke runs, BN batching.
 
 Resume, preemption and non-finite stops are in test_reliability.py; bad inputs in
-test_errors.py.
+test_errors.py; several devices and processes in test_distributed.py.
 """
 
 import importlib.util
@@ -38,13 +38,8 @@ def load_config(name: str, arg: str | None = None):
 
 
 @pytest.fixture(scope="module")
-def synthetic_dir(tmp_path_factory):
-    """The generated synthetic data sets at the smoke (128x64) and demo (192x96) sizes."""
-    data_dir = str(tmp_path_factory.mktemp("synthetic"))
-    for dataset in ("synthetic_source", "synthetic_target"):
-        for config in ("128x64", "192x96"):
-            prepare_one(dataset, config, data_dir, max_examples=24)
-    return data_dir
+def synthetic_dir(smoke_data_dir):
+    return smoke_data_dir
 
 
 @pytest.mark.parametrize(
@@ -140,18 +135,6 @@ def test_smoke_variant_trains_two_steps(tmp_path, synthetic_dir, name, arg):
     assert meta["num_classes"] == c.model.num_classes and meta["layout"] == "msjax-train"
 
 
-def test_demo_smoke_prints_the_table(tmp_path, synthetic_dir, capsys):
-    from msjax.demo import run_demo
-
-    c = load_config("demo", "smoke")
-    c.data_dir = synthetic_dir
-    results = run_demo(c, str(tmp_path))
-    assert set(results["target_miou"]) == {"source", "bn_stats_only", "maxsquare", "iw_maxsquare"}
-    out = capsys.readouterr().out
-    assert "MaxSquare + IW" in out and "source only" in out
-    assert json.load(open(tmp_path / "results.json")) == results
-
-
 def test_end_to_end_on_fixture_gta5_and_cityscapes(tmp_path):
     raw = tmp_path / "raw"
     fake_data.make_gta5(raw / "gta5")
@@ -207,21 +190,6 @@ def test_per_image_batch_of_four_equals_four_single_pairs():
     )
     scale = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(mean))
     assert diff / scale <= 1e-5
-
-
-def test_sharded_step_on_eight_cpu_devices_equals_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.sharded_step_check"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    print(result.stdout)
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert result.stdout.count("8 devices vs 1") == 2
 
 
 def test_batch_not_divisible_by_devices_is_refused():
