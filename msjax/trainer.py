@@ -139,6 +139,33 @@ def stream_config(config, stream, data_dir: str, normalization: str, seed: int) 
     return fields
 
 
+class MetricHistory:
+    """Per-step metrics kept on the device until a log step, then checked and averaged.
+
+    Fetching only at log, save and evaluation steps keeps the host from waiting for the
+    device at every step.
+    """
+
+    def __init__(self):
+        self._pending = []  # (step, {name: device scalar})
+        self._since = time.perf_counter()
+
+    def append(self, step: int, metrics) -> None:
+        self._pending.append((step, metrics))
+
+    def fetch(self) -> tuple[dict[str, float], tuple[int, str] | None]:
+        """(mean of every metric + steps_per_sec, first non-finite (step, name) or None)."""
+        fetched = [
+            (k, {n: float(v) for n, v in jax.device_get(m).items()}) for k, m in self._pending
+        ]
+        self._pending.clear()
+        mean = {n: float(np.mean([v[n] for _, v in fetched])) for n in fetched[-1][1]}
+        now = time.perf_counter()
+        mean["steps_per_sec"] = len(fetched) / max(now - self._since, 1e-9)
+        self._since = now
+        return mean, first_non_finite(fetched)
+
+
 def first_non_finite(history) -> tuple[int, str] | None:
     """(step, metric name) of the first non-finite metric in [(step, {name: value})]."""
     for step, values in history:
@@ -327,9 +354,8 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
         disable=jax.process_index() != 0,
         dynamic_ncols=True,
     )
-    history = []  # (step, metrics on device) since the last log
+    history = MetricHistory()
     step = start
-    t_log = time.perf_counter()
     preempted = False
     with contextlib.ExitStack() as cleanup, PreemptionSignal() as preemption:
         # On any exit, a save already under way is finished: nothing good is lost.
@@ -343,18 +369,14 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
                 t = sharding.to_global({"image": next(streams["target"])["image"]}, mesh)
             state, metrics = step_fn(state, s, t, rng)
             step += 1
-            history.append((step, metrics))
+            history.append(step, metrics)
             bar.update(1)
             preempted = preemption.requested()
             log_now = step % config.train.log_every == 0 or step == total
             save_now = step % config.train.checkpoint_every == 0 or step == total or preempted
             eval_now = (step % config.eval.every_steps == 0 or step == total) and not preempted
             if log_now or save_now or eval_now:
-                fetched = [
-                    (k, {n: float(v) for n, v in jax.device_get(m).items()}) for k, m in history
-                ]
-                history.clear()
-                bad = first_non_finite(fetched)
+                mean, bad = history.fetch()
                 if bad:
                     ckpts.wait()
                     raise TrainingError(
@@ -362,11 +384,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
                         f"checkpoint (step {ckpts.latest_step()}) in {ckpts.directory} is "
                         "intact."
                     )
-                mean = {n: float(np.mean([v[n] for _, v in fetched])) for n in fetched[-1][1]}
                 mean["lr"] = float(schedule(step - 1))
-                elapsed = time.perf_counter() - t_log
-                mean["steps_per_sec"] = len(fetched) / max(elapsed, 1e-9)
-                t_log = time.perf_counter()
                 writer.scalars(step, mean)
                 bar.set_postfix(loss=f"{mean['loss']:.4f}", lr=f"{mean['lr']:.2e}")
             if eval_now:
