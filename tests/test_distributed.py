@@ -14,7 +14,7 @@ from tests.test_train import REPO
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process_and_each_reads_its_shard():
+def test_two_processes_equal_one_process_each_read_their_shard_and_stop_together():
     result = subprocess.run(
         [sys.executable, "-m", "tests.two_process_check"],
         cwd=REPO,
@@ -25,12 +25,13 @@ def test_two_processes_equal_one_process_and_each_reads_its_shard():
     report = [
         line
         for line in result.stdout.splitlines()
-        if line.startswith(("two", "one", "source", "target", "PASS", "FAIL"))
+        if line.startswith(("two", "one", "source", "target", "preemption", "PASS", "FAIL"))
     ]
     print("\n".join(report))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     assert report[-1] == "PASS"
     assert "process 0 reads train[0:12], process 1 reads train[12:24]" in result.stdout
+    assert "preemption: SIGTERM to process 1 only -> both exited 0" in result.stdout
 
 
 def test_sharded_step_on_eight_cpu_devices_equals_one_device():

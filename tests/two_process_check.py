@@ -6,24 +6,29 @@ trainer on a global batch of 2 pairs: each process reads its own half of every s
 Then the driver trains the same config as a single process (1 device, both pairs) and
 compares the final train states (parameters, BN statistics, optimiser state), the logged
 losses and the validation mIoU. Both use config.data_shards=2, so the one process reads
-both halves and trains on the same global batches. It prints one line per comparison and
-exits 1 if any is out of tolerance.
+both halves and trains on the same global batches. Last, a longer two-process run gets
+SIGTERM on process 1 only: both processes must save the same step and exit 0. It prints
+one line per check and exits 1 if any fails.
 
 `python -m tests.two_process_check worker PORT ID DATA_DIR WORKDIR` is one of the two.
 """
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
@@ -31,14 +36,14 @@ TOLERANCE = 1e-6
 MOMENTUM_TOLERANCE = 3e-5
 
 
-def config(data_dir):
+def config(data_dir, steps=STEPS):
     from tests.test_train import load_config
 
     c = load_config("gta2city", "iw,smoke")
     c.data_dir = data_dir
     c.batch_pairs = 2
     c.data_shards = 2  # the one-process run reads both shards: the same global batches
-    c.train.steps = STEPS
+    c.train.steps = steps
     c.train.checkpoint_every = 2
     c.train.log_every = 1
     c.train.tensorboard = False
@@ -46,12 +51,12 @@ def config(data_dir):
     return c
 
 
-def worker(port: str, process_id: str, data_dir: str, workdir: str) -> None:
+def worker(port: str, process_id: str, data_dir: str, workdir: str, steps: str) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=int(process_id))
     from msjax import trainer
 
-    summary = trainer.train_and_evaluate(config(data_dir), workdir)
+    summary = trainer.train_and_evaluate(config(data_dir, int(steps)), workdir)
     with open(os.path.join(workdir, f"data_{process_id}.json"), "w") as f:
         json.dump(summary["data"], f)
     jax.distributed.shutdown()
@@ -66,8 +71,6 @@ def free_port() -> int:
 def train_state(workdir, like=None):
     """The TrainState saved at STEPS as numpy; `like` gives the structure when the
     checkpoint was written by another topology (two processes), restored onto one device."""
-    import orbax.checkpoint as ocp
-
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = None
     if like is not None:
@@ -86,6 +89,58 @@ def losses(workdir):
     return np.array([[r["loss"], r["loss_target"]] for r in lines if "loss" in r])
 
 
+def start_workers(data_dir, workdir, steps):
+    cmd = [sys.executable, "-m", "tests.two_process_check", "worker", str(free_port())]
+    return [
+        subprocess.Popen([*cmd, str(i), data_dir, workdir, str(steps)], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+
+
+def finish(procs, timeout=400):
+    """The workers' outputs once both exit 0; None (after printing them) otherwise."""
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    if any(p.returncode for p in procs):
+        for i, out in enumerate(outputs):
+            print(f"--- process {i} (exit {procs[i].returncode}):\n{out[-4000:]}")
+        return None
+    return outputs
+
+
+def preemption_of_one_process(data_dir, workdir) -> bool:
+    """SIGTERM to process 1 only: both processes save the same step and exit 0."""
+    steps = 60
+    procs = start_workers(data_dir, workdir, steps)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while not (os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 2):
+        if time.time() > deadline or any(p.poll() is not None for p in procs):
+            finish(procs, timeout=5)
+            print("preemption: the run did not reach step 2")
+            return False
+        time.sleep(0.02)
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = finish(procs, timeout=120)
+    if outputs is None:
+        return False
+    saved = [int(x) for x in re.findall(r"Preempted \(SIGTERM\): saved step (\d+)", outputs[0])]
+    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+        latest = manager.latest_step()
+    print(
+        f"preemption: SIGTERM to process 1 only -> both exited 0; process 0 reports saved step "
+        f"{saved}, latest checkpoint {latest} (of {steps} steps)"
+    )
+    return len(saved) == 1 and saved[0] == latest < steps
+
+
 def driver() -> int:
     from msjax.prepare import prepare_one
 
@@ -95,24 +150,7 @@ def driver() -> int:
         prepare_one(dataset, "128x64", data_dir, max_examples=24)
     two, one = os.path.join(root, "two"), os.path.join(root, "one")
 
-    port = str(free_port())
-    cmd = [sys.executable, "-m", "tests.two_process_check", "worker", port]
-    procs = [
-        subprocess.Popen([*cmd, str(i), data_dir, two], cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
-        for i in range(2)
-    ]  # fmt: skip
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=400)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    if any(p.returncode for p in procs):
-        for i, out in enumerate(outputs):
-            print(f"--- process {i} (exit {procs[i].returncode}):\n{out[-4000:]}")
+    if finish(start_workers(data_dir, two, STEPS)) is None:
         return 1
 
     from msjax import trainer
@@ -157,6 +195,7 @@ def driver() -> int:
     miou = [json.load(open(os.path.join(w, "results.json")))["last_miou"] for w in (two, one)]
     print(f"two processes vs one: validation mIoU {miou[0]:.6f} vs {miou[1]:.6f}")
     ok &= abs(miou[0] - miou[1]) <= TOLERANCE
+    ok &= preemption_of_one_process(data_dir, os.path.join(root, "preempted"))
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
