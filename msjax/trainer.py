@@ -126,11 +126,13 @@ def data_shards(config) -> int:
     return shards
 
 
-def stream_config(config, stream, data_dir: str, normalization: str, seed: int) -> dict:
+def stream_config(
+    config, stream, data_dir: str, normalization: str, seed: int, shards: int
+) -> dict:
     """DataConfig fields of one stream (batch_size: one data shard's share of the batch)."""
     fields = {k: v for k, v in stream.items() if v is not None}
     fields.update(
-        batch_size=config.batch_pairs // data_shards(config),
+        batch_size=config.batch_pairs // shards,
         seed=seed,
         num_classes=config.model.num_classes,
         normalization=normalization,
@@ -265,7 +267,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
     record["data_shards"] = shards
     streams = {
         "source": make_sharded_train_stream(
-            stream_config(config, config.source, data_dir, norm, config.seed),
+            stream_config(config, config.source, data_dir, norm, config.seed, shards),
             shards=shards,
             start_step=start,
         )
@@ -273,7 +275,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
     adapting = config.loss.target != "none"
     if adapting:
         streams["target"] = make_sharded_train_stream(
-            stream_config(config, config.target, data_dir, norm, config.seed + 1),
+            stream_config(config, config.target, data_dir, norm, config.seed + 1, shards),
             shards=shards,
             start_step=start,
         )

@@ -1,4 +1,4 @@
-"""Tiny random DeepLabV2 weights folders for the evaluation and prediction tests.
+"""Checkpoints for tests: tiny random weights folders, and reading a run's saved train state.
 
 The weights are drawn with NumPy from the shapes `jax.eval_shape` gives (no RNG kernel is
 compiled per parameter shape, which costs ~0.8 s each on CPU). Kernels use He scaling
@@ -8,9 +8,12 @@ class everywhere and an evaluation test could not tell a correct confusion matri
 transposed one.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
 from msjax import weights
 from msjax.models import tiny_deeplabv2
@@ -58,3 +61,22 @@ def save_random_checkpoint(out_dir, num_classes: int = 19, seed: int = 0):
     }
     weights.save(str(out_dir), variables, metadata)
     return model, variables
+
+
+def saved_train_state(workdir, step: int, like=None):
+    """A run's saved TrainState at `step` as nested numpy arrays (params, BN, optimiser, step).
+
+    `like` (a numpy tree of the same structure) is needed when the checkpoint was written
+    by another topology, e.g. two processes: it is then restored onto one local device.
+    """
+    target = None
+    if like is not None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like
+        )
+    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        )
+    return jax.tree.map(np.asarray, restored.state)

@@ -16,11 +16,11 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from msjax import train, trainer
 from msjax.checkpoint import RunCheckpoints
+from tests.checkpoints import saved_train_state
 from tests.test_train import REPO, load_config
 
 STEPS = 10
@@ -97,10 +97,7 @@ def wait_for_step(process, workdir, step, checkpointed=False, timeout=240):
 
 
 def train_state(workdir, step=STEPS):
-    """The saved TrainState of `step` as nested numpy arrays (params, BN, optimiser, step)."""
-    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return jax.tree.map(np.asarray, restored.state)
+    return saved_train_state(workdir, step)
 
 
 def losses(workdir):

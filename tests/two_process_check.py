@@ -68,22 +68,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_state(workdir, like=None):
-    """The TrainState saved at STEPS as numpy; `like` gives the structure when the
-    checkpoint was written by another topology (two processes), restored onto one device."""
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = None
-    if like is not None:
-        target = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like
-        )
-    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
-        restored = manager.restore(
-            STEPS, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-        )
-    return jax.tree.map(np.asarray, restored.state)
-
-
 def losses(workdir):
     lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
     return np.array([[r["loss"], r["loss_target"]] for r in lines if "loss" in r])
@@ -167,8 +151,10 @@ def driver() -> int:
     one_reads = json.load(open(os.path.join(one, "results.json")))["data"]["source"]
     print(f"one process reads {one_reads['split_this_host']}")
 
-    b = train_state(one)
-    a = train_state(two, like=b)
+    from tests.checkpoints import saved_train_state
+
+    b = saved_train_state(one, STEPS)
+    a = saved_train_state(two, STEPS, like=b)
     init = trainer.build_model(config(data_dir))[1]
     # Parameters must agree to TOLERANCE, absolutely and relative to their largest value; BN
     # statistics (running variances reach ~20) relative to theirs. The optimiser state is
