@@ -5,4 +5,9 @@ Entry points: `python -m msjax.train` (training and the demo), `msjax.evaluate`,
 `msjax.models` (architecture summary). See README.md.
 """
 
+from msjax import xla_flags as _xla_flags
+
 __version__ = "0.1.0"
+
+# Before anything can start a JAX backend: XLA reads its flags once (msjax/xla_flags.py).
+_xla_flags.apply_defaults()

@@ -24,6 +24,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
+from msjax import xla_flags
 from msjax.trainer import TrainingError, train_and_evaluate
 
 DETERMINISTIC_GPU_FLAG = "--xla_gpu_deterministic_ops=true"
@@ -69,17 +70,14 @@ def use_deterministic_gpu_ops() -> None:
     computation; afterwards it raises rather than silently doing nothing. It changes nothing
     on CPU (already deterministic) or TPU.
     """
-    from jax._src import xla_bridge
-
-    if DETERMINISTIC_GPU_FLAG not in os.environ.get("XLA_FLAGS", ""):
-        if xla_bridge.backends_are_initialized():
-            raise TrainingError(
-                "config.deterministic=True, but JAX has already started its backend, so XLA "
-                f"would ignore the flag: set XLA_FLAGS={DETERMINISTIC_GPU_FLAG} before "
-                "starting Python instead."
-            )
-        flags_now = os.environ.get("XLA_FLAGS", "")
-        os.environ["XLA_FLAGS"] = f"{flags_now} {DETERMINISTIC_GPU_FLAG}".strip()
+    try:
+        xla_flags.add_xla_flags(DETERMINISTIC_GPU_FLAG)
+    except xla_flags.BackendStartedError:
+        raise TrainingError(
+            "config.deterministic=True, but JAX has already started its backend, so XLA "
+            f"would ignore the flag: set XLA_FLAGS={DETERMINISTIC_GPU_FLAG} before "
+            "starting Python instead."
+        ) from None
     print(f"Deterministic GPU kernels requested (XLA_FLAGS={os.environ['XLA_FLAGS']}).")
 
 

@@ -217,6 +217,7 @@ def jax_setup(args) -> dict:
             loss=float(holder["metrics"]["loss"]),
             # Entries in the jit cache after all steps: 1 means no recompilation.
             compiles=step._cache_size() if hasattr(step, "_cache_size") else None,
+            xla_flags=os.environ.get("XLA_FLAGS", ""),
         )
 
     return dict(run_once=run_once, sync=sync, finish=finish, warmup=args.warmup)
@@ -361,10 +362,19 @@ def child_args(args, **overrides) -> list[str]:
     return cmd
 
 
-def run_child(cmd, timeout: float) -> list[dict]:
-    """Runs one row's subprocess; returns its JSON rows, or [{'error': ...}]."""
+def run_child(cmd, timeout: float, xla_defaults: str = "on") -> list[dict]:
+    """Runs one row's subprocess; returns its JSON rows, or [{'error': ...}].
+
+    `xla_defaults='off'` runs it with MSJAX_XLA_DEFAULTS=0 (msjax/xla_flags.py), to measure
+    what msjax's default XLA flags change.
+    """
+    env = dict(os.environ)
+    if xla_defaults == "off":
+        env["MSJAX_XLA_DEFAULTS"] = "0"
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
+        )
     except subprocess.TimeoutExpired:
         return [{"error": f"timed out after {timeout:.0f} s"}]
     for line in reversed(proc.stdout.splitlines()):
@@ -402,6 +412,8 @@ def table(rows: list[dict], args) -> str:
             r["pairs"],
         )
         first = " | ".join(str(c) for c in cfg)
+        if r.get("xla_defaults") == "off":
+            first = first.replace("msjax", "msjax (XLA defaults off)", 1)
         if "error" in r:
             lines.append(f"| {r.get('device', '?')} | {first} | {shapes} | ERROR: {r['error']} |")
             continue
@@ -467,6 +479,11 @@ def main(argv=None) -> None:
         action="store_true",
         help="one msjax and one torch fp32 row in one process, steps alternating (noisy CPU)",
     )
+    p.add_argument(
+        "--xla-defaults",
+        default="on",
+        help="msjax rows with msjax's default XLA flags (on), without (off), or both (on,off)",
+    )
     p.add_argument("--row", choices=("jax", "torch", "paired"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.height:
@@ -491,7 +508,16 @@ def main(argv=None) -> None:
         for dtype in args.dtype.split(","):
             for atrous in args.atrous.split(","):
                 for wg in args.weight_grad.split(","):
-                    specs.append(dict(row="jax", dtype=dtype, atrous=atrous, weight_grad=wg))
+                    for xd in args.xla_defaults.split(","):
+                        specs.append(
+                            dict(
+                                row="jax",
+                                dtype=dtype,
+                                atrous=atrous,
+                                weight_grad=wg,
+                                xla_defaults=xd,
+                            )
+                        )
     for kind in [t for t in args.torch.split(",") if t and t != "none"]:
         dtype = {"fp32": "float32", "bf16": "bfloat16"}[kind]
         specs.append(dict(row="torch", dtype=dtype, atrous="native", weight_grad="xla"))
@@ -501,7 +527,8 @@ def main(argv=None) -> None:
         if spec["row"] == "torch" and spec["dtype"] == "bfloat16" and not _torch_has_cuda():
             continue  # autocast bf16 is a GPU comparison (the issue's protocol)
         t0 = time.perf_counter()
-        results = run_child(child_args(args, **spec), args.timeout)
+        xla_defaults = spec.pop("xla_defaults", "on")
+        results = run_child(child_args(args, **spec), args.timeout, xla_defaults)
         for result in results:
             is_jax = result.get("impl", "msjax" if spec["row"] != "torch" else "torch") == "msjax"
             result.update(
@@ -511,6 +538,7 @@ def main(argv=None) -> None:
                 weight_grad=spec["weight_grad"] if is_jax else "-",
                 remat=("yes" if args.remat else "no") if is_jax else "-",
                 impl="msjax" if is_jax else "torch",
+                xla_defaults=xla_defaults if is_jax else "-",
             )
             rows.append(result)
             print(

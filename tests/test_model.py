@@ -268,3 +268,35 @@ def test_batchnorm_closed_form_backward_equals_autodiff(axes):
         want = jax.grad(loss(plain), argnums=(0, 1, 2))(x, scale, bias)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_batchnorm_backward_stores_a_bfloat16_input_as_bfloat16():
+    """In bfloat16 the closed-form backward keeps the BN input itself (half the memory of
+    a float32 copy of x - mean) and still equals autodiff of the float32 formula."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(2.0, 3.0, (2, 5, 7, 4)), jnp.bfloat16)
+    scale = jnp.asarray(rng.normal(size=4), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=4), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+    def plain(x, scale, bias):
+        xf = x.astype(jnp.float32)
+        mean = jnp.mean(xf, axis=(1, 2), keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axis=(1, 2), keepdims=True)
+        return (xf - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias
+
+    def custom(x, scale, bias):
+        return normalize_batch_stats(x, scale, bias, (1, 2), 1e-5)[0]
+
+    _, vjp_fn = jax.vjp(custom, x, scale, bias)
+    stored = [leaf for leaf in jax.tree.leaves(vjp_fn) if leaf.shape == x.shape]
+    assert stored and all(leaf.dtype == jnp.bfloat16 for leaf in stored), [
+        leaf.dtype for leaf in stored
+    ]
+    np.testing.assert_allclose(custom(x, scale, bias), plain(x, scale, bias), rtol=1e-6, atol=1e-6)
+    got = jax.grad(lambda *a: jnp.sum(weights * custom(*a)), argnums=(0, 1, 2))(x, scale, bias)
+    want = jax.grad(lambda *a: jnp.sum(weights * plain(*a)), argnums=(0, 1, 2))(x, scale, bias)
+    assert got[0].dtype == jnp.bfloat16
+    for g, w in zip(got, want, strict=True):
+        g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+        np.testing.assert_allclose(g, w, rtol=1e-2, atol=1e-2 * np.abs(w).max())

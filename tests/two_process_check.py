@@ -39,7 +39,13 @@ MOMENTUM_TOLERANCE = 3e-5
 def config(data_dir, steps=STEPS):
     from tests.test_train import load_config
 
-    c = load_config("gta2city", "iw,smoke")
+    # MaxSquare, not IW MaxSquare: IW's pixel weights are a step function of the argmax, so
+    # float32 round-off (one device reduces over both images, two devices all-reduce) can
+    # flip one pixel's argmax at step 2 and move the gradients by ~1e-3, a property of the
+    # loss rather than of the distribution (measured: momentum 3.7e-3 relative apart after
+    # three IW steps, 6.4e-6 for MaxSquare). The 8-device check (tests/sharded_step_check.py)
+    # compares one IW step.
+    c = load_config("gta2city", "maxsquare,smoke")
     c.data_dir = data_dir
     c.batch_pairs = 2
     c.data_shards = 2  # the one-process run reads both shards: the same global batches

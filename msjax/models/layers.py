@@ -121,6 +121,35 @@ def _conv(x, kernel, stride: int, padding: int, dilation: int):
     )
 
 
+def materialize(x: jax.Array) -> jax.Array:
+    """`x` unchanged, computed once and stored: an XLA fusion barrier, on CPU only.
+
+    XLA:CPU fuses cheap elementwise producers into every consumer, duplicating them; along
+    a ResNet's residual path (BN, addition, ReLU of each block feeding the next block's
+    addition) that recomputes all earlier blocks inside each later one.
+    `lax.optimization_barrier` stops it, provided XLA keeps the barrier, which
+    `msjax.xla_flags` arranges. On other backends nothing is inserted (a barrier's effect
+    there is unmeasured; the GPU figures in README.md were taken without one). Same numbers
+    in every case.
+    """
+    if jax.default_backend() == "cpu":
+        return lax.optimization_barrier(x)
+    return x
+
+
+def pixel_matmul(x: jax.Array, weights: jax.Array) -> jax.Array:
+    """A 1x1 convolution: `x` [N, H, W, C] times `weights` [C, O], as one [N*H*W, C] matmul.
+
+    Flattening the pixels first matters on XLA:CPU: the kernel gradient is then a plain
+    [P, C]^T [P, O] matmul, whereas the 4-D einsum's gradient contracts over (n, h, w) and XLA
+    transposes the whole activation gradient to channel-major before a slower dot (measured
+    at layer3's 256->1024 conv on 32x64 features: kernel gradient 16.4 ms -> 5.5 ms).
+    """
+    n, h, w, c = x.shape
+    y = jnp.dot(x.reshape(n * h * w, c), weights)
+    return y.reshape(n, h, w, weights.shape[-1])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv_matmul_weight_grad(x, kernel, stride: int, padding: int, dilation: int):
     """A square convolution whose kernel gradient is computed as k*k shifted matmuls.
@@ -164,7 +193,14 @@ def _conv_mwg_bwd(stride, padding, dilation, residuals, g):
                 (n, h0 + (ho - 1) * stride + 1, w0 + (wo - 1) * stride + 1, c),
                 (1, stride, stride, 1),
             )
-            taps.append(jnp.einsum("nhwc,nhwo->co", patch, g, preferred_element_type=jnp.float32))
+            taps.append(
+                jnp.einsum(
+                    "pc,po->co",
+                    patch.reshape(-1, c),
+                    g.reshape(-1, g.shape[-1]),
+                    preferred_element_type=jnp.float32,
+                )
+            )
     dk = jnp.stack(taps).reshape(kernel.shape)
     return dx, dk.astype(kernel.dtype)
 
@@ -218,7 +254,7 @@ class Conv(nn.Module):
         if k == 1 and self.padding == 0:
             # PyTorch's strided 1x1 convolution samples rows/cols 0, s, 2s, ...
             x = x[:, :: self.stride, :: self.stride, :]
-            y = jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0])
+            y = pixel_matmul(x, kernel[0, 0])
         elif (
             resolve_atrous(self.atrous) == "space_to_batch"
             and self.dilation > 1
@@ -247,23 +283,29 @@ def normalize_batch_stats(x, scale, bias, axes: tuple[int, ...], epsilon: float)
 
     The same function autodiff would differentiate, but its backward takes two reductions
     over x instead of the chain autodiff builds through mean, variance and rsqrt; on XLA:CPU
-    that halves the cost of BN in the backward pass. mean and var keep the reduced axes.
+    that halves the cost of BN in the backward pass. The statistics and y are computed in
+    the dtype of `scale` (float32, or float64 in exact tests) whatever x's dtype, and mean
+    and var keep the reduced axes. The backward keeps x itself, not x - mean: in bfloat16
+    that stores each BN input at half the size of a float32 copy.
     """
     return _normalize_fwd(x, scale, bias, axes, epsilon)[0]
 
 
 def _normalize_fwd(x, scale, bias, axes, epsilon):
-    mean = jnp.mean(x, axis=axes, keepdims=True)
-    centred = x - mean
+    xf = x.astype(scale.dtype)
+    mean = jnp.mean(xf, axis=axes, keepdims=True)
+    centred = xf - mean
     var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
     inv = lax.rsqrt(var + epsilon)
     y = centred * (inv * scale) + bias
-    return (y, mean, var), (centred, inv, scale)
+    return (y, mean, var), (x, mean, inv, scale)
 
 
 def _normalize_bwd(axes, epsilon, residuals, cotangents):
-    centred, inv, scale = residuals
+    x, mean, inv, scale = residuals
     g, g_mean, g_var = cotangents
+    # Recomputed exactly as in the forward pass (same operands, same operation).
+    centred = x.astype(scale.dtype) - mean
     count = np.prod([centred.shape[a] for a in axes])
     x_hat = centred * inv
     not_channel = tuple(range(centred.ndim - 1))
@@ -275,7 +317,7 @@ def _normalize_bwd(axes, epsilon, residuals, cotangents):
     # The statistics are outputs too (running averages); their cotangents are zero in
     # training but are honoured for completeness.
     g_x = g_x + g_mean / count + g_var * (2.0 / count) * centred
-    return g_x, g_scale, g_bias
+    return g_x.astype(x.dtype), g_scale, g_bias
 
 
 normalize_batch_stats.defvjp(_normalize_fwd, _normalize_bwd)
@@ -318,14 +360,13 @@ class BatchNorm(nn.Module):
 
         # float32 statistics for float32/bfloat16 compute; float64 stays float64 (exact tests).
         stats_dtype = jnp.promote_types(self.dtype, jnp.float32)
-        xf = x.astype(stats_dtype)
         use_batch_stats = train and self.mode != "frozen"
         scale, bias = scale.astype(stats_dtype), bias.astype(stats_dtype)
         if not use_batch_stats:
             inv = lax.rsqrt(ra_var.value + self.epsilon) * scale
-            return ((xf - ra_mean.value) * inv + bias).astype(self.dtype)
+            return ((x.astype(stats_dtype) - ra_mean.value) * inv + bias).astype(self.dtype)
         axes = (1, 2) if self.mode == "per_image" else (0, 1, 2)
-        y, mean, var = normalize_batch_stats(xf, scale, bias, axes, self.epsilon)
+        y, mean, var = normalize_batch_stats(x, scale, bias, axes, self.epsilon)
         if self.is_mutable_collection("batch_stats") and not self.is_initializing():
             # mean and var keep the reduced axes: [N, 1, 1, C] per image, [1, 1, 1, C] batch.
             stats_shape = (x.shape[0], c) if self.mode == "per_image" else (c,)

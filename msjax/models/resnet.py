@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from msjax.models.layers import BatchNorm, Conv, max_pool_ceil
+from msjax.models.layers import BatchNorm, Conv, materialize, max_pool_ceil
 
 EXPANSION = 4
 RESNET101_BLOCKS = (3, 4, 23, 3)
@@ -65,7 +65,9 @@ class Bottleneck(nn.Module):
         if self.downsample:
             x = self.conv(self.planes * EXPANSION, 1, stride=self.stride, name="downsample_0")(x)
             x = self.norm(name="downsample_1")(x, train=train)
-        return nn.relu(out + x)
+        # Stored once: without the barrier XLA:CPU recomputes the residual path of every
+        # earlier block inside each later one (msjax/xla_flags.py).
+        return materialize(nn.relu(out + x))
 
 
 def dilated_resnet(
