@@ -7,17 +7,18 @@ nothing imports TensorFlow or msjax.data). Stages, each a subprocess with a time
 what is left of `--budget` seconds (a stage that cannot start with at least `--min-stage`
 seconds left is skipped):
 
-1. full-resolution train step (720x1280 + 512x1024, 1 pair): msjax bf16 and PyTorch fp32;
-2. msjax fp32 and PyTorch autocast bf16;
-3. the dilated-convolution micro-benchmark (bf16) with the compiled convolution windows;
-4. msjax bf16 with space-to-batch dilated convolutions;
-5. full-model bf16 and TF32 logits against float32 at HIGHEST precision (one 512x1024 image);
-6. msjax bf16 with 4 pairs and remat (memory);
-7. msjax bf16 with frozen BN (what per-image BN statistics cost).
+1. full-resolution train step (720x1280 + 512x1024, 1 pair) with the current defaults
+   (atrous='auto'): msjax bf16 and PyTorch fp32;
+2. msjax bf16 with 4 pairs and remat (memory);
+3. msjax fp32;
+4. full-model bf16 and TF32 logits against float32 at HIGHEST precision (one 512x1024 image);
+5. msjax bf16 with frozen BN (what per-image BN statistics cost).
 
-`--skip-measured` drops stages 1-2 (measured on an H100 on 2026-11-27, README.md) so that
-a short lease reaches the others: about 5 minutes on an H100, each full-model compile
-taking ~75 s there.
+Without `--skip-measured` the first session's stages run first (measured on an H100 on
+2026-11-27 with native dilated convolutions, README.md): msjax bf16 + PyTorch fp32, msjax
+fp32 + PyTorch autocast bf16, and the dilated-convolution micro-benchmark with the compiled
+convolution windows. With it, the rest takes about 6 minutes on an H100 (each full-model
+compile ~75 s there).
 
 Everything printed goes to OUT/gpu_check.log as well, with each stage's JSON rows beside it.
 """
@@ -95,8 +96,8 @@ def main() -> None:
     p.add_argument(
         "--skip-measured",
         action="store_true",
-        help="skip the msjax/torch bf16+fp32 rows (measured on 2026-11-27): run the atrous, "
-        "space-to-batch, parity, remat and frozen-BN stages first",
+        help="skip the first session's stages (native-atrous step rows and the atrous "
+        "micro-benchmark, measured on 2026-11-27)",
     )
     p.add_argument("--stage", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -123,24 +124,30 @@ def main() -> None:
     step_a = [*bench, "--dtype", "bfloat16", "--torch", "fp32", "--json", str(out / "step_a.json")]
     step_b = [*bench, "--dtype", "float32", "--torch", "bf16", "--json", str(out / "step_b.json")]
     stages = [
-        ("atrous", 100, [PY, "scripts/bench_atrous.py", "--feature", feature, "--iters", "20",
-                         "--hlo", "--only", "layer3,layer4,d6,d12", "--dtypes", "bfloat16"]),
-        ("step_bf16_space_to_batch", 150, [*bench, "--dtype", "bfloat16", "--torch", "none",
-                                           "--atrous", "space_to_batch",
-                                           "--json", str(out / "step_c.json")]),
+        # The current defaults (atrous='auto' = space-to-batch on GPU, closed-form BN
+        # backward, 1x1 convs as matmuls) against PyTorch fp32: the headline row.
+        ("step_bf16_auto_vs_torch_fp32", 200, [*bench, "--dtype", "bfloat16", "--atrous", "auto",
+                                               "--torch", "fp32",
+                                               "--json", str(out / "step_auto.json")]),
+        ("step_bf16_remat_4pairs", 150, [*bench, "--dtype", "bfloat16", "--atrous", "auto",
+                                         "--torch", "none", "--pairs", "4", "--remat",
+                                         "--steps", "10", "--json", str(out / "step_d.json")]),
+        ("step_fp32_auto", 120, [*bench, "--dtype", "float32", "--atrous", "auto",
+                                 "--torch", "none", "--json", str(out / "step_fp32.json")]),
         ("parity", 80, [PY, "scripts/gpu_check.py", "--stage", "parity", *parity_args]),
-        ("step_bf16_remat_4pairs", 150, [*bench, "--dtype", "bfloat16", "--torch", "none",
-                                         "--pairs", "4", "--remat", "--steps", "10",
-                                         "--json", str(out / "step_d.json")]),
-        ("step_bf16_frozen_bn", 120, [*bench, "--dtype", "bfloat16", "--torch", "none",
-                                      "--bn-mode", "frozen", "--json", str(out / "step_e.json")]),
+        ("step_bf16_frozen_bn", 120, [*bench, "--dtype", "bfloat16", "--atrous", "auto",
+                                      "--torch", "none", "--bn-mode", "frozen",
+                                      "--json", str(out / "step_e.json")]),
     ]  # fmt: skip
     if not args.skip_measured:
-        # The first session's stages (H100, 2026-11-27): the headline rows, run first.
+        # The first session's stages (H100, 2026-11-27, native dilated convolutions): the
+        # rows and the dilated-convolution windows in README.md, run first.
         stages[:0] = [
             ("step_bf16_vs_torch_fp32", 200, step_a),
             ("step_fp32_and_torch_bf16", 200, step_b),
-        ]
+            ("atrous", 100, [PY, "scripts/bench_atrous.py", "--feature", feature, "--iters", "20",
+                             "--hlo", "--only", "layer3,layer4,d6,d12", "--dtypes", "bfloat16"]),
+        ]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     for name, cap, cmd in stages:
         left = args.budget - (time.time() - start)
