@@ -10,9 +10,11 @@ otherwise expands barriers away before fusion (the pass `cse_barrier_expander`).
 ResNet blocks put a barrier on each block's output (`msjax.models.layers.materialize`):
 without it XLA:CPU fuses the elementwise residual path of consecutive blocks into one loop
 per consumer and recomputes every earlier block's BatchNorm, addition and ReLU each time
-(quadratic in depth: 23 blocks in layer3). Measured on the CPU train step at 256x512:
-4.94 -> 4.21 s per iteration, same numbers (README.md, "Performance"). The flag changes
-nothing where no pass has that name (GPU and TPU keep barriers anyway).
+(quadratic in depth: 23 blocks in layer3). Measured on the CPU train step at 256x512, in
+one invocation: 5.12 s per iteration with the flag off, 4.51 s with it, same numbers
+(README.md, "Performance"). msjax inserts barriers on CPU only; on other backends the flag
+can at most keep the barriers that `jax.checkpoint` (remat) places, which is what those
+barriers are for.
 """
 
 from __future__ import annotations
