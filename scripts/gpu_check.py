@@ -17,8 +17,8 @@ seconds left is skipped):
 Without `--skip-measured` the first session's stages run first (measured on an H100 on
 2026-11-27 with native dilated convolutions, README.md): msjax bf16 + PyTorch fp32, msjax
 fp32 + PyTorch autocast bf16, and the dilated-convolution micro-benchmark with the compiled
-convolution windows. With it, the rest takes about 6 minutes on an H100 (each full-model
-compile ~75 s there).
+convolution windows. With it, the rest is estimated at 7-8 minutes on an H100 (each
+full-model compile took ~75 s there); `--budget` skips the last stages first.
 
 Everything printed goes to OUT/gpu_check.log as well, with each stage's JSON rows beside it.
 """
