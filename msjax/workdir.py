@@ -94,8 +94,10 @@ def prepare_workdir(workdir: str, config, allow_config_change: bool = False) -> 
                 previous = json.load(f)
             except json.JSONDecodeError as e:
                 raise WorkdirError(f"{path} is not valid JSON ({e}); is {workdir} a run?") from None
-        changes = config_changes(previous, json.loads(text))
-        if changes and has_checkpoints(workdir) and not allow_config_change:
+        current = json.loads(text)
+        changes = config_changes(previous, current)
+        resuming = has_checkpoints(workdir)
+        if changes and resuming and not allow_config_change:
             listed = "\n  ".join(changes[:12])
             more = f"\n  ... and {len(changes) - 12} more" if len(changes) > 12 else ""
             raise WorkdirError(
@@ -103,7 +105,7 @@ def prepare_workdir(workdir: str, config, allow_config_change: bool = False) -> 
                 f"differ):\n  {listed}{more}\nUse a new --workdir, or pass "
                 "--allow_config_change to continue this run with the new config."
             )
-        if previous != json.loads(text) and has_checkpoints(workdir):
+        if resuming and previous != current:
             path = os.path.join(workdir, f"config.{int(time.time())}.json")
     if jax.process_index() == 0:
         # Atomic: another process may be reading the file at this moment.

@@ -20,6 +20,7 @@ barriers are for.
 from __future__ import annotations
 
 import os
+import sys
 
 OPT_OUT_VARIABLE = "MSJAX_XLA_DEFAULTS"
 DISABLE_PASSES = "--xla_disable_hlo_passes"
@@ -32,8 +33,6 @@ class BackendStartedError(RuntimeError):
 
 def backend_started() -> bool:
     """Whether JAX has started a backend (after which XLA_FLAGS changes have no effect)."""
-    import sys
-
     if "jax" not in sys.modules:
         return False
     from jax._src import xla_bridge
