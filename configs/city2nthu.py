@@ -13,6 +13,7 @@ synthetic data.
 """
 
 from msjax import configlib
+from msjax.errors import ConfigError
 
 CITIES = ("rome", "rio", "tokyo", "taipei")
 VARIANTS = ("maxsquare", "iw", "source")
@@ -22,7 +23,7 @@ def get_config(arg=None):
     words = [w for w in (arg or "").split(",") if w]
     cities = [w for w in words if w in CITIES]
     if len(cities) != 1:
-        raise ValueError(
+        raise ConfigError(
             f"city2nthu needs exactly one city in its argument, got {arg!r}; valid cities: "
             f"{', '.join(CITIES)} (e.g. 'rome' or 'rome,iw' or 'rome,smoke')"
         )

@@ -1,13 +1,12 @@
 """msjax: domain adaptation for semantic segmentation with the maximum squares loss, in JAX.
 
-Entry points: `python -m msjax.train` (training and the demo), `msjax.evaluate`,
-`msjax.predict`, `msjax.convert` (PyTorch weights), `msjax.prepare` (data sets) and
-`msjax.models` (architecture summary). See README.md.
+Commands (each `python -m msjax.NAME --help`): `train` (one training run from a config),
+`demo` (the CPU demo), `reproduce` (a paper experiment end to end), `evaluate`, `predict`,
+`prepare` (data sets) and `convert` (PyTorch weights). The library lives in the packages
+`msjax.models`, `msjax.data`, `msjax.training`, `msjax.evaluation` and `msjax.weights`;
+`docs/design.md` draws how they fit together.
+
+Importing msjax changes nothing outside it: no environment variable, no JAX setting.
 """
 
-from msjax import xla_flags as _xla_flags
-
 __version__ = "0.1.0"
-
-# Before anything can start a JAX backend: XLA reads its flags once (msjax/xla_flags.py).
-_xla_flags.apply_defaults()

@@ -1,14 +1,14 @@
 """Pieces that the experiment configs in configs/ share: the full field list and `smoke`.
 
 A config is data: an `ml_collections.ConfigDict` with every field the trainer reads, set to
-the original's hyper-parameters (../shared/REFERENCE.md section 5) by default. Experiment
+the original's hyper-parameters (docs/original.md) by default. Experiment
 files change only what differs. Fields:
 
   seed, batch_pairs (global source+target pairs per step), data_dir, distributed,
             data_shards (slices of the training data, 0: one per process),
             deterministic (deterministic XLA GPU kernels; slower, bitwise repeatable)
   model.*   DeepLabV2 fields (num_classes, blocks, width, stride_on, aspp_branches, bn_mode,
-            atrous, weight_grad, remat, dtype)
+            atrous, remat, dtype)
   init.*    checkpoint (a weights folder from msjax.convert or a run's best/final; '' for the
             original's random initialisation), normalization (used only without a checkpoint)
   source.*, target.*   training streams (dataset, config, split, flip, blur, random_scale,
@@ -26,8 +26,9 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from msjax.optim import ORIGINAL_OPTIM
-from msjax.train_step import ORIGINAL_LOSS
+from msjax.errors import ConfigError
+from msjax.training.optim import ORIGINAL_OPTIM
+from msjax.training.step import ORIGINAL_LOSS
 
 EPOCH_STEPS = 2975  # the length of Cityscapes train: one "epoch" of the original
 
@@ -51,7 +52,6 @@ def stream(dataset: str, config: str, split: str = "train") -> ml_collections.Co
 def base_config() -> ml_collections.ConfigDict:
     """GTA5 -> Cityscapes with maximum squares, every hyper-parameter as the original."""
     c = ml_collections.ConfigDict()
-    c.experiment = "train"  # 'demo' runs msjax.demo's three-stage comparison instead
     c.seed = 0
     c.batch_pairs = 1
     c.data_dir = ""
@@ -70,7 +70,6 @@ def base_config() -> ml_collections.ConfigDict:
             aspp_branches=2,
             bn_mode="per_image",
             atrous="auto",
-            weight_grad="xla",
             remat=False,
             dtype="float32",
         )
@@ -127,16 +126,16 @@ def set_variant(c: ml_collections.ConfigDict, variant: str) -> None:
         c.train.steps = 80_000
         c.optim.iter_max = 200_000
     else:
-        raise ValueError(f"unknown variant {variant!r}")
+        raise ConfigError(f"unknown variant {variant!r}")
 
 
 def parse_arg(arg: str | None, variants: tuple[str, ...], default: str) -> tuple[str, bool]:
-    """`'iw,smoke'` -> ('iw', True). Raises ValueError listing the valid arguments."""
+    """`'iw,smoke'` -> ('iw', True). Raises ConfigError listing the valid arguments."""
     words = [w for w in (arg or "").split(",") if w]
     smoke = "smoke" in words
     rest = [w for w in words if w != "smoke"]
     if len(rest) > 1 or (rest and rest[0] not in variants):
-        raise ValueError(
+        raise ConfigError(
             f"unknown config argument {arg!r}; valid: one of {', '.join(variants)}, "
             "optionally with ',smoke' (e.g. 'iw,smoke'), or 'smoke' alone"
         )

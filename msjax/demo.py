@@ -1,14 +1,18 @@
-"""The demo: does maximum squares adaptation help on a domain shift? Measured, on a CPU.
+r"""`python -m msjax.demo`: does maximum squares adaptation help on a domain shift? On a CPU.
 
-Four trainings of a small DeepLabV2 on the procedural synthetic data (msjax.data.synthetic):
+    python -m msjax.demo --workdir /tmp/msjax_demo [--config configs/demo.py[:smoke]] \
+        [--config.seed=1]
+
+Trainings of a small DeepLabV2 on the procedural synthetic data (msjax.data.synthetic),
+each a resumable run in WORKDIR/<stage> (`msjax.training.stages`):
   1. source only: labelled "synthetic"-style scenes, no target loss;
   2. control: from (1), the adaptation schedule with lambda_target = 0. Target images pass
      through the model (updating the BN running statistics, as in the original) but no
      target loss acts: what adaptation gains without the loss;
-  3. MaxSquare: from (1), labelled source + unlabelled "real"-style target, maximum squares;
+  3. MaxSquare: from (1), labelled source + unlabelled "real"-style target;
   4. MaxSquare + IW: from (1), the image-wise class-balanced variant.
-Each is scored on the target style's validation split. The table and WORKDIR/results.json
-hold the four mIoUs. Run by `python -m msjax.train --config configs/demo.py --workdir DIR`.
+Each is scored on the target style's validation split; the table and WORKDIR/results.json
+hold the mIoUs. Running the command again continues an interrupted demo.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import time
 
-import jax
+from msjax import cli
 
 # (name, title, target loss, lambda_target or None for the config's)
 STAGES = (
@@ -29,65 +34,94 @@ STAGES = (
 )
 
 
-def stage_config(config, target_loss: str, init: str, steps: int):
-    """The run config of one stage: the demo config with its loss, length and start point."""
-    c = copy.deepcopy(config)
-    with c.unlocked():
-        c.experiment = "train"
-        c.loss.target = target_loss
-        c.init.checkpoint = init
-        c.train.steps = steps
-        c.eval.every_steps = steps
-        c.optim.iter_max = steps
-    return c
+def demo_stages(config, workdir: str) -> list:
+    """The demo's stages: the source model, then each adaptation from its final weights."""
+    from msjax.training.stages import Stage
 
-
-def run_demo(config, workdir: str) -> dict:
-    """Runs the stages in WORKDIR/<stage name>; prints the table, writes results.json.
-
-    An interrupted demo resumes: each stage is a resumable training run in its own folder.
-    """
-    from msjax.trainer import train_and_evaluate
-
-    workdir = os.path.abspath(os.path.expanduser(workdir))
     data_dir = config.data_dir or os.path.join(workdir, "data")
-    start = time.perf_counter()
-    rows = {}
     source_weights = os.path.join(workdir, "source", "final")
+    stages = []
     for name, title, loss, lambda_target in STAGES:
         adapt = loss != "none"
-        c = stage_config(
-            config,
-            loss,
-            init=source_weights if adapt else "",
-            steps=config.demo.adapt_steps if adapt else config.demo.source_steps,
-        )
+        c = copy.deepcopy(config)
         with c.unlocked():
+            del c["demo"]
+            steps = config.demo.adapt_steps if adapt else config.demo.source_steps
+            c.loss.target = loss
+            c.init.checkpoint = source_weights if adapt else ""
+            c.train.steps = c.eval.every_steps = c.optim.iter_max = steps
             c.data_dir = data_dir
             if adapt:
                 c.optim.lr = config.demo.adapt_lr
             if lambda_target is not None:
                 c.loss.lambda_target = lambda_target
-        stage_dir = os.path.join(workdir, name)
-        if jax.process_index() == 0:
-            print(f"\n== {title}: {c.train.steps} steps -> {stage_dir}", flush=True)
-        summary = train_and_evaluate(c, stage_dir)
-        rows[name] = {"title": title, "target_miou": summary["last_miou"]}
-    elapsed = time.perf_counter() - start
+        stages.append(Stage(name, title, c))
+    return stages
+
+
+def print_table(results: dict, titles: dict) -> None:
+    """The demo's table: target mIoU per stage and its gain over source only."""
+    rows = results["target_miou"]
+    base = rows["source"]
+    print(f"\nTarget-style validation mIoU ({results['eval']}, seed {results['seed']}):")
+    print(f"  {'method':<22}{'mIoU':>8}{'vs source':>12}")
+    for name, miou in rows.items():
+        print(f"  {titles[name]:<22}{100 * miou:>7.1f}%{100 * (miou - base):>+11.1f}")
+    print(f"  wall time {results['wall_time_s'] / 60:.1f} min")
+
+
+def run_demo(config, workdir: str) -> dict:
+    """Runs the stages in WORKDIR/<stage name>; prints the table, writes results.json.
+
+    Returns the results, or {'stop_signal': ...} if a signal stopped a stage.
+    """
+    import jax
+
+    from msjax.training.stages import run_stages
+
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    start = time.perf_counter()
+    stages = demo_stages(config, workdir)
+    summaries = run_stages(stages, workdir)
+    stopped = [s["stop_signal"] for s in summaries.values() if "stop_signal" in s]
+    if stopped:
+        return {"stop_signal": stopped[0]}
     results = {
-        "target_miou": {name: row["target_miou"] for name, row in rows.items()},
+        "target_miou": {name: s["last_miou"] for name, s in summaries.items()},
         "seed": config.seed,
-        "wall_time_s": round(elapsed, 1),
+        "wall_time_s": round(time.perf_counter() - start, 1),
         "eval": f"{config.eval.dataset}/{config.eval.config}/{config.eval.split}",
     }
     if jax.process_index() == 0:
-        base = rows["source"]["target_miou"]
-        print(f"\nTarget-style validation mIoU ({results['eval']}, seed {config.seed}):")
-        print(f"  {'method':<22}{'mIoU':>8}{'vs source':>12}")
-        for row in rows.values():
-            gain = 100 * (row["target_miou"] - base)
-            print(f"  {row['title']:<22}{100 * row['target_miou']:>7.1f}%{gain:>+11.1f}")
-        print(f"  wall time {elapsed / 60:.1f} min")
+        print_table(results, {stage.name: stage.title for stage in stages})
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
     return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    cli.quiet_tensorflow()
+    argv = list(sys.argv if argv is None else argv)
+    parsed = cli.parse_config_flags(argv, default_config="demo.py")
+    if isinstance(parsed, int):
+        return parsed
+    flags, config = parsed
+
+    def command() -> int:
+        from msjax.errors import ConfigError
+        from msjax.training import preemption
+
+        if flags.workdir is None:
+            raise ConfigError("--workdir is required: the folder of the demo's runs.")
+        if "demo" not in config:
+            raise ConfigError("--config: msjax.demo needs a demo config (configs/demo.py).")
+        cli.start_training_process(config)
+        results = run_demo(config, flags.workdir)
+        return preemption.EXIT_STATUS.get(results.get("stop_signal"), 0)
+
+    return cli.run(command, verbose=flags.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

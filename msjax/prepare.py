@@ -1,236 +1,25 @@
 """`python -m msjax.prepare`: turn a raw data set folder into a prepared TFDS data set, once.
 
-    python -m msjax.prepare gta5 ~/raw/GTA5 --data-dir ~/tfds               # 1280x720
-    python -m msjax.prepare cityscapes ~/raw/cityscapes --data-dir ~/tfds --config 1024x512 \
-        --config full
-    python -m msjax.prepare nthu ~/raw/NTHU --data-dir ~/tfds --config rome_1024x512
-    python -m msjax.prepare gta5 ~/raw/GTA5 --data-dir ~/tfds --split-list train=train.txt \
-        --split-list val=val.txt
-    python -m msjax.prepare synthetic --data-dir ~/tfds        # no raw folder, no download
+    python -m msjax.prepare gta5 ~/raw/GTA5 --data-dir ~/msjax_data               # 1280x720
+    python -m msjax.prepare cityscapes ~/raw/cityscapes --data-dir ~/msjax_data \
+        --config 1024x512 --config full
+    python -m msjax.prepare nthu ~/raw/NTHU --data-dir ~/msjax_data --config rome_1024x512
+    python -m msjax.prepare synthetic --data-dir ~/msjax_data   # generated, no raw folder
 
 Each run shows a progress bar and closes with a summary: pairs found per split, pairs skipped
-and why, the histogram of stored train ids, the raw image sizes. A bad input stops with one
-message naming the path and exit status 2 (a traceback only with --verbose); TFDS writes into
-a temporary folder renamed at the end, so a failed run leaves nothing half-written.
+and why, the histogram of stored train ids, the raw image sizes (`msjax.data.preparation`).
+A bad input stops with one message naming the path and exit status 2.
 """
 
+from __future__ import annotations
+
 import argparse
-import collections
-import contextlib
-import io
-import os
 import sys
-from pathlib import Path
 
-from msjax.data import DataError, datasets, labels
-
-SYNTHETIC = ("synthetic_source", "synthetic_target")
-MAX_LISTED = 10  # skipped files listed per reason in the summary
+from msjax import cli
 
 
-def _nthu_cities(raw_dir) -> list[str]:
-    """Cities present in an NTHU root folder (for configs given without a city)."""
-    root = Path(raw_dir or ".").expanduser()
-    if (root / "Images").is_dir():
-        raise DataError(
-            f"nthu: {root} is a single city folder; name the city in --config, e.g. "
-            f"--config rome_1024x512 (cities: {list(datasets.NTHU_CITIES)})."
-        )
-    present = {p.name.lower() for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
-    cities = [c for c in datasets.NTHU_CITIES if c in present]
-    if not cities:
-        raise DataError(
-            f"nthu: no city folder in {root}. Expected: {datasets.EXPECTED_LAYOUT['nthu']}."
-        )
-    return cities
-
-
-def _expand_configs(dataset: str, configs, builders, raw_dir=None) -> list[str]:
-    """Default configs, and NTHU shorthands ("rome" -> rome_1024x512, "full" -> every city)."""
-    if dataset == "nthu" and not configs:
-        configs = ["1024x512"]
-    if not configs:
-        return list(builders.DEFAULT_CONFIGS[dataset])
-    out = []
-    for name in configs:
-        if dataset == "nthu" and name in datasets.NTHU_CITIES:
-            out.append(f"{name}_1024x512")
-        elif dataset == "nthu" and f"rome_{name}" in builders.config_names("nthu"):
-            out.extend(f"{city}_{name}" for city in _nthu_cities(raw_dir))
-        else:
-            builders.check_config(dataset, name)
-            out.append(name)
-    return out
-
-
-def _parse_split_lists(items) -> dict[str, Path]:
-    out = {}
-    for item in items or []:
-        split, sep, path = item.partition("=")
-        if not sep or not split or not path:
-            raise DataError(f"--split-list {item!r}: expected SPLIT=PATH, e.g. train=train.txt.")
-        out[split] = Path(path)
-    return out
-
-
-def _progress(desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    def wrap(iterable, total):
-        return tqdm(iterable, total=total, desc=desc, unit="img", disable=not enabled)
-
-    return wrap
-
-
-def prepare_one(
-    dataset: str,
-    config: str,
-    data_dir,
-    raw_dir=None,
-    split_lists=None,
-    overwrite: bool = False,
-    progress: bool = False,
-    num_workers: int | None = None,
-    max_examples: int | None = None,
-    skip_bad: bool = False,
-) -> dict:
-    """Prepares one config of one data set.
-
-    Args:
-      dataset: a builder name (gta5, synthia, cityscapes, nthu, synthetic_source, ...).
-      config: a config name of that builder.
-      data_dir: output folder (TFDS data_dir).
-      raw_dir: the raw download folder (not used by the synthetic sets).
-      split_lists: optional split name -> list file.
-      overwrite: rebuild even if already prepared.
-      progress: show a progress bar.
-      num_workers: decoding threads (default: CPU count, at most 16).
-      max_examples: keep at most this many examples per split (quick tests and demos).
-      skip_bad: skip (and list) unreadable or size-mismatched pairs instead of stopping.
-
-    Returns:
-      A summary dict: dataset, config, path, splits (name -> count), skipped ((path, reason)
-      list), histogram (256 pixel counts of train ids), outside_pixels, outside_files,
-      raw_sizes (Counter of (w, h)), already (True if nothing was built).
-    """
-    from msjax.data import builders
-
-    cls = builders.builder_class(dataset)
-    builders.check_config(dataset, config)
-    data_dir = Path(data_dir).expanduser().absolute()
-    layout = None
-    if dataset not in SYNTHETIC:
-        if raw_dir is None:
-            raise DataError(
-                f"{dataset}: RAW_DIR is required ({datasets.EXPECTED_LAYOUT[dataset]})."
-            )
-        city = config.split("_")[0] if dataset == "nthu" else None
-        layout = datasets.discover(dataset, raw_dir, city=city, split_lists=split_lists)
-    builder = cls(
-        data_dir=os.fspath(data_dir),
-        config=config,
-        layout=layout,
-        progress=_progress(f"{dataset}/{config}", progress),
-        num_workers=num_workers,
-        skip_bad=skip_bad,
-    )
-    summary = dict(dataset=dataset, config=config, path=builder.data_dir, already=False)
-    import tensorflow_datasets as tfds
-
-    done = (Path(builder.data_dir) / "dataset_info.json").is_file()
-    if done and not overwrite:
-        summary.update(
-            already=True, splits={k: v.num_examples for k, v in builder.info.splits.items()}
-        )
-        return summary
-    mode = tfds.download.GenerateMode
-    # TFDS's own bars and "Downloading and preparing..." lines would only confuse: nothing
-    # is downloaded, and our bar counts images.
-    tfds.disable_progress_bar()
-    with contextlib.redirect_stdout(io.StringIO()):
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(
-                manual_dir=os.fspath(raw_dir) if raw_dir else None,
-                try_download_gcs=False,
-                compute_stats=tfds.download.ComputeStatsMode.SKIP,
-                max_examples_per_split=max_examples,
-                download_mode=mode.REUSE_CACHE_IF_EXISTS
-                if overwrite
-                else mode.REUSE_DATASET_IF_EXISTS,
-            )
-        )
-    st = builder.stats
-    summary.update(
-        splits={k: v.num_examples for k, v in builder.info.splits.items()},
-        skipped=(list(layout.skipped) if layout else [])
-        + [(path, "unreadable or size-mismatched pair (--skip-bad)") for path, _ in st.bad],
-        bad_messages=[msg for _, msg in st.bad],
-        histogram=st.histogram,
-        outside_pixels=st.outside_pixels,
-        outside_files=st.outside_files,
-        raw_sizes=st.raw_sizes,
-    )
-    return summary
-
-
-def format_summary(s: dict) -> str:
-    """Human-readable closing summary of `prepare_one`."""
-    lines = [f"{s['dataset']}/{s['config']} -> {s['path']}"]
-    splits = ", ".join(f"{k}: {v}" for k, v in sorted(s["splits"].items()))
-    if s["already"]:
-        return lines[0] + f"\n  already prepared ({splits}); pass --overwrite to rebuild."
-    lines.append(f"  pairs prepared: {splits}")
-    by_reason = collections.defaultdict(list)
-    for path, reason in s["skipped"]:
-        by_reason[reason].append(path)
-    lines.append(f"  pairs skipped: {len(s['skipped'])}")
-    for reason, paths in sorted(by_reason.items()):
-        more = f" (+{len(paths) - MAX_LISTED} more)" if len(paths) > MAX_LISTED else ""
-        lines.append(
-            f"    {reason} ({len(paths)}): " + ", ".join(map(str, paths[:MAX_LISTED])) + more
-        )
-    for message in s.get("bad_messages", [])[:3]:
-        lines.append(f"    {message}")
-    if s["outside_pixels"]:
-        lines.append(
-            f"  label values outside the table: {s['outside_pixels']} pixels in "
-            f"{s['outside_files']} files (stored as ignore, 255)"
-        )
-    hist = s["histogram"]
-    total = max(int(hist.sum()), 1)
-    names = {i: n for i, n in enumerate(labels.CLASS_NAMES_19)} | {labels.IGNORE: "ignore"}
-    cells = [f"{names.get(i, i)} {100 * hist[i] / total:.1f}%" for i in range(256) if hist[i]]
-    lines.append("  stored label histogram (train ids): " + ", ".join(cells))
-    sizes = ", ".join(f"{w}x{h}: {n}" for (w, h), n in s["raw_sizes"].most_common())
-    lines.append(f"  raw image sizes: {sizes}")
-    return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """Silences C++ log lines TensorFlow prints at import (TF_CPP_MIN_LOG_LEVEL cannot).
-
-    Only the import runs under it; Python exceptions still surface afterwards.
-    """
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # pytest capture, notebooks: nothing to do
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, fd)
-        yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
-        os.close(devnull)
-
-
-def main(argv=None) -> int:
-    """CLI entry point; returns the exit status."""
+def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m msjax.prepare", description=__doc__.split("\n")[0]
     )
@@ -259,37 +48,48 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--verbose", action="store_true", help="tracebacks on errors")
-    args = parser.parse_args(argv)
-    try:
-        with _quiet_native_stderr():
-            from msjax.data import builders
+    return parser.parse_args(argv)
 
-        names = list(SYNTHETIC) if args.dataset == "synthetic" else [args.dataset]
-        for name in names:
-            builders.builder_class(name)
-            for config in _expand_configs(name, args.config, builders, args.raw_dir):
-                summary = prepare_one(
+
+def prepare(args) -> None:
+    """Prepares every config the arguments name, printing a summary after each."""
+    from msjax.data import preparation, synthetic
+    from msjax.errors import DataError
+
+    # TensorFlow prints C++ banners at import that no flag silences.
+    with cli.quiet_native_stderr():
+        from msjax.data import builders
+
+    synthetic_all = args.dataset == "synthetic"
+    names = list(synthetic.SYNTHETIC_DATASETS) if synthetic_all else [args.dataset]
+    split_lists = preparation.parse_split_lists(args.split_list)
+    for name in names:
+        builders.builder_class(name)
+        for config in preparation.expand_configs(name, args.config, builders, args.raw_dir):
+            try:
+                summary = preparation.prepare_one(
                     name,
                     config,
                     args.data_dir,
                     raw_dir=args.raw_dir,
-                    split_lists=_parse_split_lists(args.split_list),
+                    split_lists=split_lists,
                     overwrite=args.overwrite,
                     progress=not args.no_progress,
                     num_workers=args.workers,
                     max_examples=args.max_examples,
                     skip_bad=args.skip_bad,
                 )
-                print(format_summary(summary), flush=True)
-    except DataError as e:
-        if args.verbose:
-            raise
-        hint = ""
-        if type(e).__name__ == "BadPairError":
-            hint = " Pass --skip-bad to skip such pairs and list them in the summary instead."
-        print(f"error: {e}{hint}", file=sys.stderr)
-        return 2
-    return 0
+            except builders.BadPairError as e:
+                hint = "Pass --skip-bad to skip such pairs and list them in the summary instead."
+                raise DataError(f"{e} {hint}") from e
+            print(preparation.format_summary(summary), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    cli.quiet_tensorflow()
+    args = parse_args(argv)
+    return cli.run(lambda: prepare(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

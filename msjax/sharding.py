@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from msjax.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -32,15 +34,15 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def check_global_batch(global_batch: int, mesh: Mesh, field: str = "config.batch_pairs") -> None:
-    """Raises ValueError unless the global batch is positive and divisible by the device count."""
+    """Raises ConfigError unless the global batch is positive and divisible by the device count."""
     devices = mesh.devices.size
     if global_batch < 1 or global_batch % devices:
-        raise ValueError(
+        raise ConfigError(
             f"{field}={global_batch}: the global batch must be a positive multiple of the "
             f"number of devices ({devices}: {mesh.devices.flat[0].platform}); e.g. {devices}."
         )
     if global_batch % jax.process_count():
-        raise ValueError(
+        raise ConfigError(
             f"{field}={global_batch} is not divisible by the number of hosts "
             f"({jax.process_count()})."
         )

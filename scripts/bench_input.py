@@ -148,10 +148,10 @@ def main() -> None:
     if not (root / "gta5").is_dir():
         print(f"writing {args.images} fake raw images per data set to {root} ...", flush=True)
         make_raw(root, args.images)
-    from msjax import prepare
+    from msjax.data import preparation
 
-    prepare.prepare_one("gta5", "1280x720", root / "tfds", raw_dir=root / "gta5")
-    prepare.prepare_one("cityscapes", "1024x512", root / "tfds", raw_dir=root / "cityscapes")
+    preparation.prepare_one("gta5", "1280x720", root / "tfds", raw_dir=root / "gta5")
+    preparation.prepare_one("cityscapes", "1024x512", root / "tfds", raw_dir=root / "cityscapes")
     cores = os.cpu_count() or 1
     rows = [("msjax tf.data stream", bench_msjax(root / "tfds", args.steps))]
     rows.append(("PIL, 1 process", bench_pil(root, args.images, max(args.steps // 3, 4), 1)))

@@ -5,8 +5,9 @@
 
 Each row runs in its own subprocess (clean peak-memory figures, a timeout per row, and JAX's
 GPU memory pool never competes with PyTorch's). A row builds the full DeepLabV2 and the real
-step from `msjax.train_step.make_train_step` (per-image BN, MaxSquare target loss,
-lambda 0.1, faithful SGD groups from `msjax.optim`), jits it once with the state donated,
+step from `msjax.training.step.make_train_step` (per-image BN, MaxSquare target loss,
+lambda 0.1, faithful SGD groups from `msjax.training.optim`), jits it once with the state
+donated and msjax's compiler options (`--keep-barriers off` drops them),
 feeds synthetic tensors of the training shapes (no TensorFlow, no data sets), and times
 `--steps` synchronised iterations after `--warmup`. The PyTorch rows train
 `tests.reference.deeplabv2_torch.DeepLabV2Torch` (the reference model the parity tests use)
@@ -141,9 +142,10 @@ def jax_setup(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from msjax import optim
-    from msjax import train_step as ts
+    from msjax import xla
     from msjax.models import DeepLabV2
+    from msjax.training import optim
+    from msjax.training import step as ts
 
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
     model = DeepLabV2(
@@ -152,7 +154,6 @@ def jax_setup(args) -> dict:
         width=args.base_width,
         bn_mode=args.bn_mode,
         atrous=args.atrous,
-        weight_grad=args.weight_grad,
         dtype=dtype,
         remat=args.remat,
     )
@@ -174,15 +175,15 @@ def jax_setup(args) -> dict:
     rng = np.random.default_rng(0)
     source, target = synthetic_batch(rng, args.pairs, args.source, args.target, args.classes)
     source, target = jax.device_put((source, target))
-    key = jax.random.key(1)
     train_step = ts.make_train_step(model, tx, ts.ORIGINAL_LOSS)
-    step = jax.jit(train_step, donate_argnums=(0,))
+    options = xla.compiler_options() if args.keep_barriers == "on" else None
+    step = jax.jit(train_step, donate_argnums=(0,), compiler_options=options)
 
     t0 = time.perf_counter()
-    lowered = step.lower(state, source, target, key)
+    lowered = step.lower(state, source, target)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
-    model_flops = model_flop_count(lowered, train_step, (state, source, target, key))
+    model_flops = model_flop_count(lowered, train_step, (state, source, target))
     mem = compiled.memory_analysis()
     plan_bytes = None
     if mem is not None:
@@ -195,7 +196,7 @@ def jax_setup(args) -> dict:
     holder = {"state": state}
 
     def run_once():
-        holder["state"], holder["metrics"] = step(holder["state"], source, target, key)
+        holder["state"], holder["metrics"] = step(holder["state"], source, target)
 
     def sync():
         jax.block_until_ready((holder["state"], holder.get("metrics")))
@@ -236,7 +237,7 @@ def torch_setup(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from msjax.train_step import ORIGINAL_LOSS
+    from msjax.training.step import ORIGINAL_LOSS
     from tests.reference.deeplabv2_torch import DeepLabV2Torch
 
     cuda = torch.cuda.is_available()
@@ -353,7 +354,7 @@ def child_args(args, **overrides) -> list[str]:
     size = {k: "x".join(map(str, a[k])) for k in ("source", "target")}
     cmd += ["--source", size["source"], "--target", size["target"]]
     cmd += ["--dtype", a["dtype"], "--atrous", a["atrous"], "--bn-mode", a["bn_mode"]]
-    cmd += ["--weight-grad", a["weight_grad"]]
+    cmd += ["--keep-barriers", a["keep_barriers"]]
     cmd += ["--pairs", str(a["pairs"]), "--steps", str(a["steps"]), "--warmup", str(a["warmup"])]
     cmd += ["--classes", str(a["classes"]), "--base-width", str(a["base_width"])]
     cmd += ["--blocks", *map(str, a["blocks"])]
@@ -362,19 +363,10 @@ def child_args(args, **overrides) -> list[str]:
     return cmd
 
 
-def run_child(cmd, timeout: float, xla_defaults: str = "on") -> list[dict]:
-    """Runs one row's subprocess; returns its JSON rows, or [{'error': ...}].
-
-    `xla_defaults='off'` runs it with MSJAX_XLA_DEFAULTS=0 (msjax/xla_flags.py), to measure
-    what msjax's default XLA flags change.
-    """
-    env = dict(os.environ)
-    if xla_defaults == "off":
-        env["MSJAX_XLA_DEFAULTS"] = "0"
+def run_child(cmd, timeout: float) -> list[dict]:
+    """Runs one row's subprocess; returns its JSON rows, or [{'error': ...}]."""
     try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
-        )
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return [{"error": f"timed out after {timeout:.0f} s"}]
     for line in reversed(proc.stdout.splitlines()):
@@ -396,7 +388,7 @@ def table(rows: list[dict], args) -> str:
     torch_fp32 = torch_fp32[0] if torch_fp32 else None
     ref_ms = statistics.median(torch_fp32["times_ms"]) if torch_fp32 else None
     head = (
-        "| device | impl | dtype | atrous | w-grad | remat | pairs | source+target | compile s | "
+        "| device | impl | dtype | atrous | barriers | remat | pairs | source+target | compile s | "
         "ms/iter (min-max) | img/s | model TFLOP | XLA TFLOP | MFU | peak memory | "
         "speed-up vs torch fp32 |"
     )
@@ -407,13 +399,11 @@ def table(rows: list[dict], args) -> str:
             r["impl"],
             r["dtype"],
             r.get("atrous", "-"),
-            r.get("weight_grad", "-"),
+            r.get("keep_barriers", "-"),
             r.get("remat", "-"),
             r["pairs"],
         )
         first = " | ".join(str(c) for c in cfg)
-        if r.get("xla_defaults") == "off":
-            first = first.replace("msjax", "msjax (XLA defaults off)", 1)
         if "error" in r:
             lines.append(f"| {r.get('device', '?')} | {first} | {shapes} | ERROR: {r['error']} |")
             continue
@@ -458,9 +448,6 @@ def main(argv=None) -> None:
     p.add_argument("--width", type=int, help="sets both source and target width")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, or a comma list")
     p.add_argument("--atrous", default="native", help="native, space_to_batch, auto, or list")
-    p.add_argument(
-        "--weight-grad", default="xla", help="k>1 conv kernel gradient: xla, matmul, auto, list"
-    )
     p.add_argument("--bn-mode", default="per_image", choices=("per_image", "batch", "frozen"))
     p.add_argument("--pairs", type=int, default=1, help="source+target pairs per step")
     p.add_argument("--remat", action="store_true", help="rematerialise each bottleneck")
@@ -480,9 +467,10 @@ def main(argv=None) -> None:
         help="one msjax and one torch fp32 row in one process, steps alternating (noisy CPU)",
     )
     p.add_argument(
-        "--xla-defaults",
+        "--keep-barriers",
         default="on",
-        help="msjax rows with msjax's default XLA flags (on), without (off), or both (on,off)",
+        help="msjax rows compiled with msjax's XLA options (on: msjax.xla.compiler_options), "
+        "without (off), or both (on,off)",
     )
     p.add_argument("--row", choices=("jax", "torch", "paired"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -502,47 +490,36 @@ def main(argv=None) -> None:
     specs = []
     if args.paired:
         args.torch, args.no_jax = "none", True
-        dtype, atrous, wg = (v.split(",")[0] for v in (args.dtype, args.atrous, args.weight_grad))
-        specs.append(dict(row="paired", dtype=dtype, atrous=atrous, weight_grad=wg))
+        dtype, atrous, kb = (v.split(",")[0] for v in (args.dtype, args.atrous, args.keep_barriers))
+        specs.append(dict(row="paired", dtype=dtype, atrous=atrous, keep_barriers=kb))
     if not args.no_jax:
         for dtype in args.dtype.split(","):
             for atrous in args.atrous.split(","):
-                for wg in args.weight_grad.split(","):
-                    for xd in args.xla_defaults.split(","):
-                        specs.append(
-                            dict(
-                                row="jax",
-                                dtype=dtype,
-                                atrous=atrous,
-                                weight_grad=wg,
-                                xla_defaults=xd,
-                            )
-                        )
+                for kb in args.keep_barriers.split(","):
+                    specs.append(dict(row="jax", dtype=dtype, atrous=atrous, keep_barriers=kb))
     for kind in [t for t in args.torch.split(",") if t and t != "none"]:
         dtype = {"fp32": "float32", "bf16": "bfloat16"}[kind]
-        specs.append(dict(row="torch", dtype=dtype, atrous="native", weight_grad="xla"))
+        specs.append(dict(row="torch", dtype=dtype, atrous="native", keep_barriers="-"))
 
     rows = []
     for spec in specs:
         if spec["row"] == "torch" and spec["dtype"] == "bfloat16" and not _torch_has_cuda():
             continue  # autocast bf16 is a GPU comparison (the issue's protocol)
         t0 = time.perf_counter()
-        xla_defaults = spec.pop("xla_defaults", "on")
-        results = run_child(child_args(args, **spec), args.timeout, xla_defaults)
+        results = run_child(child_args(args, **spec), args.timeout)
         for result in results:
             is_jax = result.get("impl", "msjax" if spec["row"] != "torch" else "torch") == "msjax"
             result.update(
                 dtype=spec["dtype"] if is_jax or spec["row"] == "torch" else "float32",
                 pairs=args.pairs,
                 atrous=spec["atrous"] if is_jax else "-",
-                weight_grad=spec["weight_grad"] if is_jax else "-",
+                keep_barriers=spec["keep_barriers"] if is_jax else "-",
                 remat=("yes" if args.remat else "no") if is_jax else "-",
                 impl="msjax" if is_jax else "torch",
-                xla_defaults=xla_defaults if is_jax else "-",
             )
             rows.append(result)
             print(
-                f"# {spec['row']} {spec['dtype']} {spec['atrous']} {spec['weight_grad']}: "
+                f"# {spec['row']} {spec['dtype']} {spec['atrous']} {spec['keep_barriers']}: "
                 f"{json.dumps({k: v for k, v in result.items() if k != 'times_ms'})} "
                 f"({time.perf_counter() - t0:.0f} s)",
                 flush=True,

@@ -52,13 +52,12 @@ def parity(size=(512, 1024)) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from msjax import weights
     from msjax.models import DeepLabV2
+    from msjax.weights import names
     from tests.reference.deeplabv2_torch import DeepLabV2Torch, randomize_
 
     sd = randomize_(DeepLabV2Torch(num_classes=19), 0).state_dict()
-    flat = weights.state_dict_to_variables({k: v.numpy() for k, v in sd.items()})
-    variables = {c: weights.nest(flat[c]) for c in flat}
+    variables = names.variables_from_state_dict({k: v.numpy() for k, v in sd.items()})
     model = DeepLabV2(num_classes=19)
     images = jnp.asarray(np.random.RandomState(0).randn(1, *size, 3) * 50, jnp.float32)
 

@@ -26,7 +26,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def smoke_data_dir(tmp_path_factory):
     """The generated synthetic data sets at the smoke size (128x64), 24 examples a split."""
-    from msjax.prepare import prepare_one
+    from msjax.data.preparation import prepare_one
 
     path = str(tmp_path_factory.mktemp("smoke_data"))
     for dataset in ("synthetic_source", "synthetic_target"):

@@ -22,12 +22,14 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from msjax import optim, sharding  # noqa: E402
+from msjax import sharding  # noqa: E402
 from msjax.models import tiny_deeplabv2  # noqa: E402
-from msjax.optim import ORIGINAL_OPTIM  # noqa: E402
-from msjax.train_step import (  # noqa: E402
+from msjax.training import optim  # noqa: E402
+from msjax.training.optim import ORIGINAL_OPTIM  # noqa: E402
+from msjax.training.step import (  # noqa: E402
     ORIGINAL_LOSS,
     create_train_state,
+    jit_train_step,
     make_train_step,
 )
 
@@ -69,21 +71,12 @@ def run(bn_mode, devices, batches, loss):
     variables = model.init(jax.random.key(0), np.zeros((1, 33, 33, 3), np.float32), train=False)
     initial = jax.device_get(variables)  # the step donates (and deletes) the state's buffers
     tx, _ = optim.make_optimizer(OPTIM, variables["params"])
-    repl, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    state = jax.device_put(create_train_state(variables, tx), repl)
-    step = jax.jit(
-        make_train_step(model, tx, loss),
-        in_shardings=(repl, batch, batch, repl),
-        out_shardings=(repl, repl),
-        donate_argnums=(0,),
-    )
+    state = jax.device_put(create_train_state(variables, tx), sharding.replicated(mesh))
+    step = jit_train_step(make_train_step(model, tx, loss), mesh, adapting=True)
     metrics = None
     for source, target in batches:
         state, metrics = step(
-            state,
-            sharding.to_global(source, mesh),
-            sharding.to_global(target, mesh),
-            jax.random.key(0),
+            state, sharding.to_global(source, mesh), sharding.to_global(target, mesh)
         )
     return jax.device_get(state), jax.device_get(metrics), initial
 

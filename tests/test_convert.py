@@ -3,7 +3,7 @@
 Parity is measured as max|msjax - torch| / max|torch| over whole logit maps, in float32 with
 matmul precision 'highest'. Models are random-initialised with non-trivial BN statistics
 (tests/reference/deeplabv2_torch.py), saved in each of the four file layouts, converted with
-the real converter and loaded with `msjax.convert.load`.
+the real converter and loaded with `msjax.weights.load`.
 """
 
 import copy
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from msjax import convert, weights
-from msjax.weights import WeightsError
+from msjax.weights import WeightsError, names, pytorch
 from tests.reference.deeplabv2_torch import (
     DeepLabV2Torch,
     forward_nhwc,
@@ -39,7 +39,7 @@ def torch_batch_stats(model: DeepLabV2Torch):
     stats = {}
     for key, value in model.state_dict().items():
         if key.endswith(("running_mean", "running_var")):
-            stats[weights.flax_path(key, value.ndim)[1]] = value.numpy()
+            stats[names.flax_path(key, value.ndim)[1]] = value.numpy()
     return stats
 
 
@@ -54,10 +54,10 @@ class Converted:
         self.out = os.path.join(tmp_dir, f"{layout}_converted")
         self.log = []
         # For files with heads the class count is a check; for init files it sizes the heads.
-        self.metadata = convert.convert(
+        self.metadata = pytorch.convert(
             self.src, self.out, num_classes=arch["num_classes"], log=self.log.append
         )
-        self.model, self.variables = convert.load(self.out)
+        self.model, self.variables = weights.load(self.out)
         if layout in ("deeplab-init", "torchvision"):
             load_flax_heads_(self.torch_model, self.variables["params"])
         self.apply = jax.jit(self.model.apply, static_argnames=("train", "mutable"))
@@ -68,7 +68,7 @@ class Converted:
         ref = forward_nhwc(reference, images, per_image=train)
         if train:
             out, updated = self.apply(self.variables, images, train=True, mutable=("batch_stats",))
-            stats = weights.flatten(updated["batch_stats"])
+            stats = names.flatten(updated["batch_stats"])
             ref_stats = torch_batch_stats(reference)
             assert set(stats) == set(ref_stats)
             stats_err = max(rel_err(stats[p], ref_stats[p]) for p in stats)
@@ -80,7 +80,7 @@ class Converted:
         return rel_err(out[0], ref[0]), rel_err(out[1], ref[1]), stats_err
 
 
-@pytest.fixture(scope="module", params=convert.LAYOUTS)
+@pytest.fixture(scope="module", params=pytorch.LAYOUTS)
 def converted(request, tmp_path_factory):
     return Converted(tmp_path_factory.mktemp(request.param), request.param, **TINY)
 
@@ -98,13 +98,13 @@ def test_parity_per_layout(converted, size, train):
 def test_metadata_records_layout_and_normalisation(converted):
     meta = json.load(open(os.path.join(converted.out, weights.METADATA_FILE)))
     layout = meta["layout"]
-    assert layout in convert.LAYOUTS
+    assert layout in pytorch.LAYOUTS
     assert meta["num_classes"] == TINY["num_classes"]
     assert meta["blocks"] == list(TINY["blocks"]) and meta["width"] == TINY["width"]
     assert meta["stride_on"] == ("3x3" if layout == "torchvision" else "1x1")
     expected_norm = "torchvision_rgb" if layout == "torchvision" else "caffe_bgr"
     assert meta["input_normalization"] == expected_norm
-    assert meta["source_sha256"] == convert.sha256(converted.src)
+    assert meta["source_sha256"] == pytorch.sha256(converted.src)
     assert meta["aspp_branches"] == 2
     fresh = layout in ("deeplab-init", "torchvision")
     assert meta["heads"].startswith("fresh") == fresh
@@ -139,7 +139,7 @@ def test_parity_full_resnet101(tmp_path):
         model64 = ref.model.clone(dtype=jnp.float64, param_dtype=jnp.float64)
         variables64 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), ref.variables)
         out64, stats64 = model64.apply(variables64, images, train=True, mutable=["batch_stats"])
-        stats64 = {p: np.asarray(v) for p, v in weights.flatten(stats64["batch_stats"]).items()}
+        stats64 = {p: np.asarray(v) for p, v in names.flatten(stats64["batch_stats"]).items()}
     torch_stats = torch_batch_stats(torch64)
     errors64 = [rel_err(out64[i], ref64[i]) for i in range(2)]
     errors64.append(max(rel_err(stats64[p], torch_stats[p]) for p in torch_stats))
@@ -176,7 +176,7 @@ def test_error_unknown_layout(tmp_path, capsys):
     torch.save({"encoder.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
     code, err = run_cli([tmp_path / "other.pth", tmp_path / "out"], capsys)
     assert code == 2 and "unknown layout" in err and "encoder.weight" in err
-    for layout in convert.LAYOUTS:
+    for layout in pytorch.LAYOUTS:
         assert layout in err
 
 
@@ -215,19 +215,19 @@ def test_refuses_non_empty_output_unless_forced(tmp_path, capsys, tiny_state_dic
     assert code == 2 and "not empty" in err and (tmp_path / "out" / "keep.txt").exists()
     code, _ = run_cli([tmp_path / "m.pth", tmp_path / "out", "--force"], capsys)
     assert code == 0 and not (tmp_path / "out" / "keep.txt").exists()
-    model, _ = convert.load(tmp_path / "out")
+    model, _ = weights.load(tmp_path / "out")
     assert model.num_classes == 5
 
 
 def test_load_errors_name_the_problem(tmp_path, tiny_state_dict):
     with pytest.raises(WeightsError, match="metadata.json is missing"):
-        convert.load(tmp_path)
+        weights.load(tmp_path)
     torch.save(tiny_state_dict, tmp_path / "m.pth")
-    convert.convert(str(tmp_path / "m.pth"), str(tmp_path / "w"), log=lambda _: None)
+    pytorch.convert(str(tmp_path / "m.pth"), str(tmp_path / "w"), log=lambda _: None)
     with pytest.raises(WeightsError, match="num_classes=19 was requested"):
-        convert.load(tmp_path / "w", num_classes=19)
+        weights.load(tmp_path / "w", num_classes=19)
     # Run-time fields may change; the parameters still load.
-    model, _ = convert.load(tmp_path / "w", bn_mode="frozen", aspp_branches=4)
+    model, _ = weights.load(tmp_path / "w", bn_mode="frozen", aspp_branches=4)
     assert model.bn_mode == "frozen" and model.aspp_branches == 4
 
 
@@ -240,9 +240,9 @@ def test_key_mapping_round_trip():
         "layer6.conv2d_list.3.bias",
     ]:
         ndim = 4 if key.endswith("conv2.weight") or key == "conv1.weight" else 1
-        collection, path = weights.flax_path(key, ndim)
-        assert weights.torch_key(collection, path) == key
-    assert weights.flax_path("layer3.22.conv2.weight", 4) == (
+        collection, path = names.flax_path(key, ndim)
+        assert names.torch_key(collection, path) == key
+    assert names.flax_path("layer3.22.conv2.weight", 4) == (
         "params",
         ("layer3_22", "conv2", "kernel"),
     )

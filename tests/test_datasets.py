@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from msjax import prepare
-from msjax.data import DataError, builders, labels, synthetic
+from msjax.data import builders, labels, preparation, synthetic
+from msjax.errors import DataError
 from tests import fake_data
 
 RAW_CONFIGS = [
@@ -26,7 +27,7 @@ RAW_CONFIGS = [
     ("cityscapes", "1280x640"),
     ("cityscapes", "full"),
 ] + [("nthu", c) for c in builders.config_names("nthu")]
-SYNTHETIC_CONFIGS = [(d, c) for d in prepare.SYNTHETIC for c in builders.config_names(d)]
+SYNTHETIC_CONFIGS = [(d, c) for d in synthetic.SYNTHETIC_DATASETS for c in builders.config_names(d)]
 
 
 def test_every_config_is_covered():
@@ -84,7 +85,7 @@ def _raw_files(dataset, root, key):
 @pytest.mark.parametrize("dataset, config", RAW_CONFIGS)
 def test_builder_pixel_by_pixel(raw, tmp_path, dataset, config):
     root, truth = raw[dataset]
-    summary = prepare.prepare_one(dataset, config, tmp_path, raw_dir=root)
+    summary = preparation.prepare_one(dataset, config, tmp_path, raw_dir=root)
     stored = read_prepared(dataset, config, tmp_path)
     size = dict((c.name, c.size) for c in builders.builder_class(dataset).BUILDER_CONFIGS)[config]
     table = "synthia" if dataset == "synthia" else "cityscapes"
@@ -112,7 +113,7 @@ def test_builder_pixel_by_pixel(raw, tmp_path, dataset, config):
 
 @pytest.mark.parametrize("dataset, config", SYNTHETIC_CONFIGS)
 def test_synthetic_builders(tmp_path, dataset, config):
-    prepare.prepare_one(dataset, config, tmp_path, max_examples=3)
+    preparation.prepare_one(dataset, config, tmp_path, max_examples=3)
     stored = read_prepared(dataset, config, tmp_path)
     w, h = map(int, config.split("x"))
     style = dataset.split("_")[1]
@@ -127,11 +128,11 @@ def test_synthetic_builders(tmp_path, dataset, config):
 
 def test_outside_values_become_ignore_and_are_counted(raw, tmp_path):
     root, truth = raw["gta5"]
-    summary = prepare.prepare_one("gta5", "full", tmp_path, raw_dir=root)
+    summary = preparation.prepare_one("gta5", "full", tmp_path, raw_dir=root)
     assert summary["outside_pixels"] == 3 and summary["outside_files"] == 1
     stored = read_prepared("gta5", "full", tmp_path)["train"]
     assert (stored["00001"][1][0, :3] == 255).all()
-    text = prepare.format_summary(summary)
+    text = preparation.format_summary(summary)
     assert "outside the table: 3 pixels in 1 files" in text
 
 
@@ -167,7 +168,9 @@ def test_cityscapes_split_lists_use_keys(raw, tmp_path):
     key = sorted(truth)[0]
     (tmp_path / "l.txt").write_text(f"{key.split('_')[0]}/{key}_leftImg8bit.png\n")
     split_lists = {"train": tmp_path / "l.txt"}
-    s = prepare.prepare_one("cityscapes", "full", tmp_path, raw_dir=root, split_lists=split_lists)
+    s = preparation.prepare_one(
+        "cityscapes", "full", tmp_path, raw_dir=root, split_lists=split_lists
+    )
     assert s["splits"] == {"train": 1}
 
 
@@ -277,7 +280,7 @@ def test_bad_split_list_argument(tmp_path, capsys):
 
 def test_prepared_at_another_resolution(raw, tmp_path):
     root, _ = raw["cityscapes"]
-    prepare.prepare_one("cityscapes", "1280x640", tmp_path, raw_dir=root)
+    preparation.prepare_one("cityscapes", "1280x640", tmp_path, raw_dir=root)
     with pytest.raises(DataError, match=r"prepared configs there: \['1280x640'\]"):
         builders.load_builder("cityscapes", "1024x512", tmp_path)
     # A prepared folder moved under another config's name is caught by its metadata.
@@ -288,7 +291,7 @@ def test_prepared_at_another_resolution(raw, tmp_path):
 
 def test_nthu_single_city_folder(raw, tmp_path, capsys):
     root, _ = raw["nthu"]
-    s = prepare.prepare_one("nthu", "rome_full", tmp_path, raw_dir=root / "Rome")
+    s = preparation.prepare_one("nthu", "rome_full", tmp_path, raw_dir=root / "Rome")
     assert s["splits"] == {"train": 2, "test": 2}
     err = _error(
         capsys, ["nthu", str(root / "Rome"), "--data-dir", str(tmp_path), "--config", "rio"]

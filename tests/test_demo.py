@@ -2,7 +2,7 @@
 
 import json
 
-from msjax.prepare import prepare_one
+from msjax.data.preparation import prepare_one
 from tests.test_train import load_config
 
 

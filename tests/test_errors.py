@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from msjax import train
-from msjax.checkpoint import RunCheckpoints
 from msjax.data.pipeline import make_train_stream
-from msjax.prepare import prepare_one
-from msjax.workdir import prepare_workdir
+from msjax.data.preparation import prepare_one
+from msjax.training.checkpoints import RunCheckpoints
+from msjax.training.workdir import prepare_workdir
 from tests import fake_data
 from tests.checkpoints import save_random_checkpoint
 from tests.test_train import REPO, load_config, run_cli
@@ -43,7 +43,7 @@ CATALOGUE = {
     "workdir of another config": "holds a run of another config",
     "corrupted image in a raw folder": "truncated",
     ".pth of an unknown layout": "unknown layout",
-    "zero or negative batch": "the global batch must be a positive multiple",
+    "zero or negative batch": "must be an integer >= 1",
     "batch not divisible by the device count": "the global batch must be a positive multiple",
     "fewer target than source examples": "each stream repeats on its own",
     "disk full while saving": "No space left on device",
@@ -248,11 +248,13 @@ def test_disk_full_while_saving(synthetic_dir, tmp_path, capsys, monkeypatch):
     assert json.load(open(tmp_path / "results.json"))["start_step"] == 2
 
 
-def test_verbose_shows_the_traceback(synthetic_dir, tmp_path):
+def test_verbose_shows_the_traceback(synthetic_dir, tmp_path, capsys):
     c = smoke(synthetic_dir)
     c.batch_pairs = 0
-    with pytest.raises(ValueError, match="config.batch_pairs=0"):
-        train.run(c, str(tmp_path), verbose=True)
+    assert train.run(c, str(tmp_path), verbose=True) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "ConfigError" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: config.batch_pairs=0")
 
 
 def test_config_changes_that_are_allowed(synthetic_dir, tmp_path):
@@ -284,11 +286,13 @@ def test_errors_md_lists_every_case_with_its_message():
     )
 
 
-def test_deterministic_flag_after_jax_started_is_an_error_not_ignored(synthetic_dir, tmp_path):
+def test_deterministic_flag_after_jax_started_is_an_error_not_ignored(
+    synthetic_dir, tmp_path, capsys
+):
     import jax
 
     jax.devices()  # this test session's backend is running
     c = smoke(synthetic_dir)
     c.deterministic = True
-    with pytest.raises(train.TrainingError, match="would ignore the flag: set XLA_FLAGS="):
-        train.run(c, str(tmp_path), verbose=True)
+    assert train.run(c, str(tmp_path)) == 2
+    assert "would ignore the flag: set XLA_FLAGS=" in capsys.readouterr().err

@@ -16,8 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from msjax import evaluate, inference, metrics, predict
+from msjax import evaluate, predict
 from msjax.data import labels
+from msjax.evaluation import inference, metrics, protocol, report
 from tests import fake_data
 from tests.checkpoints import random_variables, save_random_checkpoint
 from tests.test_metrics import numpy_confusion, numpy_iou
@@ -28,15 +29,15 @@ CAFFE_BGR_MEAN = np.array([104.00698793, 116.66876762, 122.67891434], np.float32
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from msjax import prepare
+    from msjax.data import preparation
 
     root = tmp_path_factory.mktemp("eval")
     raw = root / "raw"
     fake_data.make_cityscapes(raw, per_split=VAL)
     for config in ("1024x512", "full"):
-        prepare.prepare_one("cityscapes", config, root / "tfds", raw_dir=raw)
+        preparation.prepare_one("cityscapes", config, root / "tfds", raw_dir=raw)
     model, variables = save_random_checkpoint(root / "ckpt", num_classes=19)
-    full = evaluate.evaluate(
+    full = protocol.evaluate(
         root / "ckpt",
         "cityscapes",
         root / "tfds",
@@ -147,7 +148,7 @@ def _hand_matrix(setup, protocol):
 
 def test_original_protocol_by_hand(setup):
     # Batches of 2 over 3 images: the padded entry must not count.
-    got = evaluate.evaluate(setup["root"] / "ckpt", "cityscapes", setup["root"] / "tfds",
+    got = protocol.evaluate(setup["root"] / "ckpt", "cityscapes", setup["root"] / "tfds",
                             batch_size=2, progress=False)  # fmt: skip
     want = _hand_matrix(setup, "original")
     m = np.array(got["confusion_matrix"])
@@ -236,7 +237,7 @@ def test_sixteen_class_report_names_and_mIoU13():
                    protocol="original", protocol_text="t", label_hw=[512, 1024], seconds=1.0,
                    views={"text": "single scale, no flip"})  # fmt: skip
     results["scores"] = metrics.summarize(m)
-    text = evaluate.format_table(results)
+    text = report.format_table(results)
     for name in labels.class_names(16):
         assert name in text
     assert "terrain" not in text and "truck" not in text
@@ -267,9 +268,9 @@ def test_errors_are_one_paragraph(setup, tmp_path, capsys, flags, message):
 
 
 def test_settings_name_the_prepared_configs():
-    s = evaluate.resolve("nthu-rome", "full", None, "1024x512")
+    s = protocol.resolve("nthu-rome", "full", None, "1024x512")
     assert (s.builder, s.split, s.image_config, s.label_config) == (
         "nthu", "test", "rome_1024x512", "rome_full")  # fmt: skip
     assert s.class_counts == (13,)
-    s = evaluate.resolve("cityscapes", "original", None, "1280x640")
+    s = protocol.resolve("cityscapes", "original", None, "1280x640")
     assert (s.split, s.image_config, s.label_config) == ("val", "1280x640", "1280x640")

@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from msjax import metrics, published
 from msjax.data import labels
+from msjax.evaluation import metrics, published
 
 
 def numpy_confusion(pred, label, num_classes, mask=None):

@@ -120,12 +120,11 @@ def test_space_to_batch_atrous_equals_native(dilation):
 @pytest.fixture(scope="module")
 def tiny():
     """A tiny torch reference and the same weights as msjax variables (via the converter)."""
-    from msjax import weights
+    from msjax.weights import names
 
     torch_model = randomize_(DeepLabV2Torch(num_classes=4, blocks=(1, 1, 2, 1), width=8), 5)
     sd = {k: v.numpy() for k, v in torch_model.state_dict().items()}
-    flat = weights.state_dict_to_variables(sd)
-    variables = {c: weights.nest(flat[c]) for c in flat}
+    variables = names.variables_from_state_dict(sd)
     model = tiny_deeplabv2(num_classes=4, blocks=(1, 1, 2, 1))
     return torch_model, model, variables
 

@@ -7,7 +7,8 @@ import optax
 import pytest
 import torch
 
-from msjax import optim
+from msjax.errors import ConfigError
+from msjax.training import optim
 
 OPTIM = dict(
     optim.ORIGINAL_OPTIM,
@@ -50,13 +51,13 @@ def test_groups_follow_the_faithful_rules():
 
 def test_unmatched_parameter_is_an_error():
     params = fake_params(np.random.RandomState(0))
-    with pytest.raises(ValueError, match="match no rule for .* layer6/conv2d_list_0/kernel"):
+    with pytest.raises(ConfigError, match="match no rule for .* layer6/conv2d_list_0/kernel"):
         optim.label_params(params, [(r"^layer[1-5]", "head"), (r"^(conv1|bn1)", "backbone")])
 
 
 def test_unknown_group_is_an_error():
     params = fake_params(np.random.RandomState(0))
-    with pytest.raises(ValueError, match="groups \\['heads'\\]"):
+    with pytest.raises(ConfigError, match="groups \\['heads'\\]"):
         optim.make_optimizer(
             {**OPTIM, "rules": [(r"^layer[56]", "heads"), (".*", "backbone")]}, params
         )

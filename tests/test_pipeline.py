@@ -5,9 +5,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from msjax import prepare
-from msjax.data import DataError, labels, pipeline
 from msjax.data import augment as aug
+from msjax.data import labels, pipeline, preparation
+from msjax.errors import DataError
 from tests import fake_data
 
 tf = pipeline.tf
@@ -17,10 +17,10 @@ N_EXAMPLES = 25  # odd on purpose: hosts get 8/8/9 examples, eval batches need p
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("prepared")
-    prepare.prepare_one("synthetic_source", "128x64", d, max_examples=N_EXAMPLES)
+    preparation.prepare_one("synthetic_source", "128x64", d, max_examples=N_EXAMPLES)
     raw = tmp_path_factory.mktemp("raw") / "cityscapes"
     fake_data.make_cityscapes(raw)
-    prepare.prepare_one("cityscapes", "1024x512", d, raw_dir=raw)
+    preparation.prepare_one("cityscapes", "1024x512", d, raw_dir=raw)
     return d
 
 

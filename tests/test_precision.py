@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msjax import optim
-from msjax import train_step as ts
 from msjax.data import normalize, synthetic
 from msjax.models import DeepLabV2, tiny_deeplabv2
+from msjax.training import optim
+from msjax.training import step as ts
 
 LOSS = ts.ORIGINAL_LOSS
 
@@ -69,12 +69,11 @@ def test_full_depth_bfloat16_logits_within_1e_2_of_float32():
     |a-b|_2/|b|_2 = 1.0e-2 (main), 9.6e-3 (aux); max|a-b|/max|b| = 1.2e-2, 1.3e-2: the
     rounding of ~100 layers of bf16 activations (2^-9 each).
     """
-    from msjax import weights
+    from msjax.weights import names
     from tests.reference.deeplabv2_torch import DeepLabV2Torch, randomize_
 
     sd = randomize_(DeepLabV2Torch(num_classes=19), 0).state_dict()
-    flat = weights.state_dict_to_variables({k: v.numpy() for k, v in sd.items()})
-    variables = {c: weights.nest(flat[c]) for c in flat}
+    variables = names.variables_from_state_dict({k: v.numpy() for k, v in sd.items()})
     model = DeepLabV2(num_classes=19)
     images = jnp.asarray(np.random.RandomState(0).randn(2, 65, 97, 3) * 50, jnp.float32)
 
@@ -108,7 +107,7 @@ def tiny_runs():
         step = jax.jit(ts.make_train_step(model, tx, LOSS), donate_argnums=(0,))
         losses = []
         for i in range(50):
-            state, metrics = step(state, *batches[i % len(batches)], jax.random.key(0))
+            state, metrics = step(state, *batches[i % len(batches)])
             losses.append(metrics)
         runs[jnp.dtype(dtype).name] = (state, jax.device_get(losses))
     return runs

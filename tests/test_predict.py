@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msjax import predict, visualize
+from msjax import predict
 from msjax.data import labels
+from msjax.evaluation import visualize
 from tests.checkpoints import save_random_checkpoint
 
 

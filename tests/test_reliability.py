@@ -18,8 +18,9 @@ import jax
 import numpy as np
 import pytest
 
-from msjax import train, trainer
-from msjax.checkpoint import RunCheckpoints
+from msjax import train
+from msjax.training.checkpoints import RunCheckpoints
+from msjax.training.loop import train_and_evaluate
 from tests.checkpoints import saved_train_state
 from tests.test_train import REPO, load_config
 
@@ -108,7 +109,7 @@ def losses(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    summary = trainer.train_and_evaluate(config(data_dir), workdir)
+    summary = train_and_evaluate(config(data_dir), workdir)
     assert summary["final_step"] == STEPS
     return workdir
 
@@ -139,7 +140,7 @@ def test_sigkill_at_a_random_step_then_restart_is_bit_identical(data_dir, uninte
     resumed_from = ckpts.latest_step()
     ckpts.close()
     assert resumed_from is not None and resumed_from < STEPS, "killed too late to test a resume"
-    summary = trainer.train_and_evaluate(config(data_dir), workdir)
+    summary = train_and_evaluate(config(data_dir), workdir)
     assert summary["start_step"] == resumed_from and summary["final_step"] == STEPS
     assert_same_run(workdir, uninterrupted)
 
@@ -152,7 +153,7 @@ def test_sigkill_during_a_checkpoint_save_keeps_the_previous_one(data_dir, unint
     folders = os.listdir(os.path.join(workdir, "checkpoints"))
     # Step 6 was fully written, but only to its temporary folder: it must not count.
     assert "6" not in folders and any(f.startswith("6.orbax-checkpoint-tmp") for f in folders)
-    summary = trainer.train_and_evaluate(config(data_dir), workdir)
+    summary = train_and_evaluate(config(data_dir), workdir)
     assert summary["start_step"] == 4
     assert not any("tmp" in f for f in os.listdir(os.path.join(workdir, "checkpoints")))
     assert_same_run(workdir, uninterrupted)
@@ -170,7 +171,7 @@ def test_sigterm_saves_the_current_step_and_exits_zero(data_dir, uninterrupted, 
     assert process.returncode == 0, stderr[-3000:]
     assert "Deterministic GPU kernels requested (XLA_FLAGS=" in stdout
     assert "--xla_gpu_deterministic_ops=true" in stdout
-    saved = int(stdout.split("Preempted (SIGTERM): saved step ")[1].split()[0])
+    saved = int(stdout.split("Stopped by SIGTERM: saved step ")[1].split()[0])
     print(f"SIGTERM -> exit 0 in {took:.1f} s, saved step {saved}")
     assert took < 30
     assert 3 <= saved < STEPS
@@ -178,7 +179,7 @@ def test_sigterm_saves_the_current_step_and_exits_zero(data_dir, uninterrupted, 
     assert ckpts.latest_step() == saved
     ckpts.close()
     assert not os.path.exists(os.path.join(workdir, "final"))
-    summary = trainer.train_and_evaluate(config(data_dir), workdir)
+    summary = train_and_evaluate(config(data_dir), workdir)
     assert summary["start_step"] == saved
     assert_same_run(workdir, uninterrupted)
 

@@ -86,7 +86,7 @@ def test_prepared_through_cli_and_pipeline(tmp_path, capsys):
     assert prepare.main(args + ["--max-examples", "8", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "synthetic_source/128x64" in out and "synthetic_target/128x64" in out
-    for name in prepare.SYNTHETIC:
+    for name in synthetic.SYNTHETIC_DATASETS:
         builder = builders.load_builder(name, "128x64", tmp_path)
         real = builders.Cityscapes(data_dir=str(tmp_path / "unused"), config="1024x512")
         assert builder.info.features.keys() == real.info.features.keys()

@@ -60,9 +60,9 @@ def config(data_dir, steps=STEPS):
 def worker(port: str, process_id: str, data_dir: str, workdir: str, steps: str) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=int(process_id))
-    from msjax import trainer
+    from msjax.training.loop import train_and_evaluate
 
-    summary = trainer.train_and_evaluate(config(data_dir, int(steps)), workdir)
+    summary = train_and_evaluate(config(data_dir, int(steps)), workdir)
     with open(os.path.join(workdir, f"data_{process_id}.json"), "w") as f:
         json.dump(summary["data"], f)
     jax.distributed.shutdown()
@@ -121,7 +121,7 @@ def preemption_of_one_process(data_dir, workdir) -> bool:
     outputs = finish(procs, timeout=120)
     if outputs is None:
         return False
-    saved = [int(x) for x in re.findall(r"Preempted \(SIGTERM\): saved step (\d+)", outputs[0])]
+    saved = [int(x) for x in re.findall(r"Stopped by SIGTERM: saved step (\d+)", outputs[0])]
     with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
         latest = manager.latest_step()
     print(
@@ -132,7 +132,7 @@ def preemption_of_one_process(data_dir, workdir) -> bool:
 
 
 def driver() -> int:
-    from msjax.prepare import prepare_one
+    from msjax.data.preparation import prepare_one
 
     root = tempfile.mkdtemp(prefix="msjax_two_process_")
     data_dir = os.path.join(root, "data")
@@ -143,9 +143,10 @@ def driver() -> int:
     if finish(start_workers(data_dir, two, STEPS)) is None:
         return 1
 
-    from msjax import trainer
+    from msjax.training.loop import train_and_evaluate
+    from msjax.training.run import build_model
 
-    trainer.train_and_evaluate(config(data_dir), one)
+    train_and_evaluate(config(data_dir), one)
 
     ok = True
     shards = [json.load(open(os.path.join(two, f"data_{i}.json"))) for i in range(2)]
@@ -161,7 +162,7 @@ def driver() -> int:
 
     b = saved_train_state(one, STEPS)
     a = saved_train_state(two, STEPS, like=b)
-    init = trainer.build_model(config(data_dir))[1]
+    init = build_model(config(data_dir))[1]
     # Parameters must agree to TOLERANCE, absolutely and relative to their largest value; BN
     # statistics (running variances reach ~20) relative to theirs. The optimiser state is
     # the momentum, a sum of raw gradients: one device reduces a weight gradient over both

@@ -7,13 +7,6 @@ TensorFlow themselves, hiding every GPU from it first.
 """
 
 
-class DataError(ValueError):
-    """A user-facing data problem: the message names the path or field and what was expected.
-
-    The `python -m msjax.prepare` CLI prints the message without a traceback and exits 2.
-    """
-
-
 def hide_gpus_from_tensorflow():
     """Imports TensorFlow with no GPU visible to it and returns the module.
 

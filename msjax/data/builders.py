@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from msjax.data import DataError, datasets, hide_gpus_from_tensorflow, labels, synthetic
+from msjax.data import datasets, hide_gpus_from_tensorflow, labels, synthetic
+from msjax.errors import DataError
 
 tf = hide_gpus_from_tensorflow()
 import tensorflow_datasets as tfds  # noqa: E402

@@ -9,7 +9,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from msjax.data import DataError
+from msjax.errors import DataError
 
 NTHU_CITIES = ("rome", "rio", "tokyo", "taipei")
 

@@ -19,9 +19,10 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from msjax.data import DataError, builders, hide_gpus_from_tensorflow, labels
+from msjax.data import builders, hide_gpus_from_tensorflow, labels
 from msjax.data.augment import augment
 from msjax.data.normalize import NORMALIZATIONS, check_normalization, denormalize, normalize
+from msjax.errors import DataError
 
 tf = hide_gpus_from_tensorflow()
 import tensorflow_datasets as tfds  # noqa: E402
@@ -290,6 +291,13 @@ class TrainStream(Iterator):
         self.step += 1
         return batch
 
+    def close(self) -> None:
+        """Releases the tf.data iterator now (not at interpreter shutdown, where destroying
+        it can block the exit); the next `next()` starts a new one at `self.step`."""
+        if self._iter is not None:
+            self._iter.close()
+            self._iter = None
+
 
 def make_train_stream(
     cfg,
@@ -339,6 +347,11 @@ class ShardedTrainStream:
 
     def __iter__(self):
         return self
+
+    def close(self) -> None:
+        """Closes every shard's stream (see TrainStream.close)."""
+        for stream in self.streams:
+            stream.close()
 
     def __next__(self) -> dict:
         batches = [next(s) for s in self.streams]

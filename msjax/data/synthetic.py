@@ -25,6 +25,8 @@ import numpy as np
 ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, PERSON, CAR = 0, 1, 2, 8, 10, 11, 13
 CLASS_IDS = (ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, PERSON, CAR)
 STYLES = ("source", "target")
+# The prepared data sets made from these scenes (msjax.data.builders), one per style.
+SYNTHETIC_DATASETS = ("synthetic_source", "synthetic_target")
 
 # Mean colour of each class in the source style (RGB): flat, saturated, well separated.
 _SOURCE_PALETTE = {

@@ -1,7 +1,7 @@
 """Flax models of msjax: DeepLabV2 with a dilated ResNet backbone."""
 
 from msjax.models.deeplabv2 import ASPP_DILATIONS, DeepLabV2, tiny_deeplabv2
-from msjax.models.layers import ATROUS_IMPLS, BN_MODES, WEIGHT_GRAD_IMPLS
+from msjax.models.layers import ATROUS_IMPLS, BN_MODES
 from msjax.models.resnet import RESNET101_BLOCKS, STRIDE_PLACEMENTS, feature_size
 
 __all__ = [
@@ -11,7 +11,6 @@ __all__ = [
     "DeepLabV2",
     "RESNET101_BLOCKS",
     "STRIDE_PLACEMENTS",
-    "WEIGHT_GRAD_IMPLS",
     "feature_size",
     "tiny_deeplabv2",
 ]

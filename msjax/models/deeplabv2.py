@@ -24,7 +24,6 @@ import jax.numpy as jnp
 from msjax.models.layers import (
     ATROUS_IMPLS,
     BN_MODES,
-    WEIGHT_GRAD_IMPLS,
     BatchNorm,
     Conv,
     Dtype,
@@ -76,8 +75,6 @@ class DeepLabV2(nn.Module):
       bn_mode: 'per_image' (faithful), 'batch' or 'frozen'.
       atrous: dilated convolution implementation, 'native', 'space_to_batch' or 'auto'
         (resolved from `jax.default_backend()` when traced: layers.AUTO_ATROUS).
-      weight_grad: kernel gradient of the k>1 convolutions, 'xla' or 'matmul' (shifted
-        matmuls; an XLA:CPU option, see layers.conv_matmul_weight_grad).
       dtype: compute dtype (float32 for parity, bfloat16 for speed).
       param_dtype: parameter dtype (float32).
       remat: recompute each bottleneck's activations in the backward pass (saves memory,
@@ -91,7 +88,6 @@ class DeepLabV2(nn.Module):
     aspp_branches: int = 2
     bn_mode: str = "per_image"
     atrous: str = "auto"
-    weight_grad: str = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
@@ -104,8 +100,6 @@ class DeepLabV2(nn.Module):
             raise bad("bn_mode", self.bn_mode, BN_MODES)
         if self.atrous not in ATROUS_IMPLS:
             raise bad("atrous", self.atrous, ATROUS_IMPLS)
-        if self.weight_grad not in WEIGHT_GRAD_IMPLS:
-            raise bad("weight_grad", self.weight_grad, WEIGHT_GRAD_IMPLS)
         if self.aspp_branches not in (2, 4):
             raise bad("aspp_branches", self.aspp_branches, (2, 4))
         if self.num_classes < 1:
@@ -120,7 +114,6 @@ class DeepLabV2(nn.Module):
         conv = functools.partial(
             Conv,
             atrous=self.atrous,
-            weight_grad=self.weight_grad,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )

@@ -26,14 +26,11 @@ Dtype = Any
 
 BN_MODES = ("per_image", "batch", "frozen")
 ATROUS_IMPLS = ("native", "space_to_batch", "auto")
-WEIGHT_GRAD_IMPLS = ("xla", "matmul")
 
-# What atrous='auto' means on each backend (scripts/bench_atrous.py; README.md, "Performance").
-# CPU: native (the ASPP heads run 1.2-18x faster native; layer3/layer4 are within noise).
-# GPU (H100, jax 0.11.2, bf16, 91x161 features): space-to-batch is 3.7-7.6x faster forward +
-# backward for every dilated conv of the network: XLA computes a native dilated conv's kernel
-# gradient as one convolution with a 91x161 window and stride d (docs/gpu_atrous_h100.txt).
-# Unlisted backends (TPU) get native.
+# What atrous='auto' means on each backend, chosen by scripts/bench_atrous.py (figures in
+# docs/performance.md): on CPU native dilation is as fast or faster; on GPU XLA computes a
+# native dilated convolution's kernel gradient as one convolution with a whole-feature-map
+# window, and space-to-batch is several times faster. Unlisted backends (TPU) get native.
 AUTO_ATROUS = {"cpu": "native", "gpu": "space_to_batch", "cuda": "space_to_batch"}
 
 
@@ -127,10 +124,9 @@ def materialize(x: jax.Array) -> jax.Array:
     XLA:CPU fuses cheap elementwise producers into every consumer, duplicating them; along
     a ResNet's residual path (BN, addition, ReLU of each block feeding the next block's
     addition) that recomputes all earlier blocks inside each later one.
-    `lax.optimization_barrier` stops it, provided XLA keeps the barrier, which
-    `msjax.xla_flags` arranges. On other backends nothing is inserted (a barrier's effect
-    there is unmeasured; the GPU figures in README.md were taken without one). Same numbers
-    in every case.
+    `lax.optimization_barrier` stops it, provided XLA keeps the barrier, which msjax's jitted
+    functions ask for (`msjax.xla.compiler_options`). On other backends nothing is inserted
+    (a barrier's effect there is unmeasured). Same numbers in every case.
     """
     if jax.default_backend() == "cpu":
         return lax.optimization_barrier(x)
@@ -142,70 +138,12 @@ def pixel_matmul(x: jax.Array, weights: jax.Array) -> jax.Array:
 
     Flattening the pixels first matters on XLA:CPU: the kernel gradient is then a plain
     [P, C]^T [P, O] matmul, whereas the 4-D einsum's gradient contracts over (n, h, w) and XLA
-    transposes the whole activation gradient to channel-major before a slower dot (measured
-    at layer3's 256->1024 conv on 32x64 features: kernel gradient 16.4 ms -> 5.5 ms).
+    transposes the whole activation gradient to channel-major before a slower dot
+    (docs/performance.md).
     """
     n, h, w, c = x.shape
     y = jnp.dot(x.reshape(n * h * w, c), weights)
     return y.reshape(n, h, w, weights.shape[-1])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv_matmul_weight_grad(x, kernel, stride: int, padding: int, dilation: int):
-    """A square convolution whose kernel gradient is computed as k*k shifted matmuls.
-
-    The forward pass and the input gradient are XLA's own convolutions. The kernel gradient
-    dK[i, j] = sum_{n,h,w} x_pad[n, h*s + i*d, w*s + j*d, :]^T g[n, h, w, :] is written as one
-    strided slice plus one matmul per tap: the same sum of products (float32 round-off
-    apart), but XLA:CPU runs a matmul several times faster than the weight-gradient
-    convolution it would otherwise emit on that op (../shared/ENVIRONMENT.md). Opt-in
-    (`Conv.weight_grad='matmul'`): on the whole CPU train step it measured 3-13% faster,
-    within the shared machine's noise, for 1.7 GiB more memory (README.md, "Performance").
-
-    Args:
-      x: [N, H, W, C] input. kernel: [k, k, C, O].
-      stride, padding, dilation: PyTorch's meaning (symmetric padding).
-
-    Returns:
-      [N, H', W', O], exactly `lax.conv_general_dilated` with those arguments.
-    """
-    return _conv(x, kernel, stride, padding, dilation)
-
-
-def _conv_mwg_fwd(x, kernel, stride, padding, dilation):
-    return _conv(x, kernel, stride, padding, dilation), (x, kernel)
-
-
-def _conv_mwg_bwd(stride, padding, dilation, residuals, g):
-    x, kernel = residuals
-    _, vjp_x = jax.vjp(lambda x: _conv(x, kernel, stride, padding, dilation), x)
-    (dx,) = vjp_x(g)
-    n, _, _, c = x.shape
-    _, ho, wo, _ = g.shape
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    taps = []
-    for i in range(kernel.shape[0]):
-        for j in range(kernel.shape[1]):
-            h0, w0 = i * dilation, j * dilation
-            patch = lax.slice(
-                xp,
-                (0, h0, w0, 0),
-                (n, h0 + (ho - 1) * stride + 1, w0 + (wo - 1) * stride + 1, c),
-                (1, stride, stride, 1),
-            )
-            taps.append(
-                jnp.einsum(
-                    "pc,po->co",
-                    patch.reshape(-1, c),
-                    g.reshape(-1, g.shape[-1]),
-                    preferred_element_type=jnp.float32,
-                )
-            )
-    dk = jnp.stack(taps).reshape(kernel.shape)
-    return dx, dk.astype(kernel.dtype)
-
-
-conv_matmul_weight_grad.defvjp(_conv_mwg_fwd, _conv_mwg_bwd)
 
 
 class Conv(nn.Module):
@@ -213,9 +151,8 @@ class Conv(nn.Module):
 
     1x1 convolutions are computed as a strided slice plus a matmul: it is the same
     arithmetic, and XLA:CPU differentiates matmuls far faster than convolutions
-    (../shared/ENVIRONMENT.md). Dilated 3x3 convolutions use the implementation named by
-    `atrous`. The kernel gradient of the other convolutions can be computed as shifted
-    matmuls instead (`weight_grad='matmul'`, see `conv_matmul_weight_grad`).
+    (docs/performance.md). Dilated 3x3 convolutions use the implementation named by
+    `atrous`.
 
     Attributes:
       features: output channels.
@@ -226,8 +163,6 @@ class Conv(nn.Module):
       use_bias: add a bias (initialised as PyTorch does by default).
       atrous: 'native', 'space_to_batch' or 'auto' (per backend: `AUTO_ATROUS`) for dilated
         convolutions.
-      weight_grad: kernel gradient of k>1 convolutions on the native path: 'xla' or
-        'matmul'. Same numbers up to float32 round-off.
       dtype: compute dtype. param_dtype: parameter dtype.
     """
 
@@ -238,7 +173,6 @@ class Conv(nn.Module):
     dilation: int = 1
     use_bias: bool = False
     atrous: str = "native"
-    weight_grad: str = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -262,8 +196,6 @@ class Conv(nn.Module):
             and self.padding == self.dilation * (k // 2)
         ):
             y = atrous_conv_space_to_batch(x, kernel, self.dilation)
-        elif self.weight_grad == "matmul":
-            y = conv_matmul_weight_grad(x, kernel, self.stride, self.padding, self.dilation)
         else:
             y = _conv(x, kernel, self.stride, self.padding, self.dilation)
         if self.use_bias:
@@ -283,10 +215,10 @@ def normalize_batch_stats(x, scale, bias, axes: tuple[int, ...], epsilon: float)
 
     The same function autodiff would differentiate, but its backward takes two reductions
     over x instead of the chain autodiff builds through mean, variance and rsqrt; on XLA:CPU
-    that halves the cost of BN in the backward pass. The statistics and y are computed in
-    the dtype of `scale` (float32, or float64 in exact tests) whatever x's dtype, and mean
-    and var keep the reduced axes. The backward keeps x itself, not x - mean: in bfloat16
-    that stores each BN input at half the size of a float32 copy.
+    that makes BN's backward pass markedly cheaper (docs/performance.md). The statistics and
+    y are computed in the dtype of `scale` (float32, or float64 in exact tests) whatever x's
+    dtype, and mean and var keep the reduced axes. The backward keeps x itself, not x - mean:
+    in bfloat16 that stores each BN input at half the size of a float32 copy.
     """
     return _normalize_fwd(x, scale, bias, axes, epsilon)[0]
 

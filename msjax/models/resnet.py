@@ -1,6 +1,6 @@
 """The dilated ResNet backbone of DeepLabV2 (Caffe-style strides, output stride 8).
 
-Layout, as in the original (../shared/REFERENCE.md section 1):
+Layout, as in the original (docs/original.md, "Model"):
   conv1 7x7/2 -> bn1 -> relu -> max-pool 3x3/2 (ceil mode)
   layer1: width w,   stride 1
   layer2: width 2w,  stride 2
@@ -66,7 +66,7 @@ class Bottleneck(nn.Module):
             x = self.conv(self.planes * EXPANSION, 1, stride=self.stride, name="downsample_0")(x)
             x = self.norm(name="downsample_1")(x, train=train)
         # Stored once: without the barrier XLA:CPU recomputes the residual path of every
-        # earlier block inside each later one (msjax/xla_flags.py).
+        # earlier block inside each later one (msjax/xla.py).
         return materialize(nn.relu(out + x))
 
 

@@ -17,6 +17,8 @@ import time
 
 import jax
 
+from msjax.errors import WorkdirError
+
 CONFIG_FILE = "config.json"
 
 # Flattened config fields that may differ when a run is resumed.
@@ -33,10 +35,6 @@ BOOKKEEPING_FIELDS = (
     "eval.every_steps",
     "eval.batch_size",
 )
-
-
-class WorkdirError(ValueError):
-    """The workdir cannot hold this run; the message says why and what to do."""
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -13,7 +13,7 @@ the original's convention), not `jax.image.resize`, whose half-pixel centres dif
 
 Test-time augmentation averages softmax probabilities over views:
 - flip: the image and its horizontal mirror; the mirror's probabilities are upsampled to the
-  target size and flipped back before averaging (the original's `--flip`);
+  target size and flipped back before averaging (the original's `--flip True`);
 - scales: the input is resized by each factor with `jax.image.resize` (bicubic, antialiased),
   a step the original never takes, so no faithful choice exists; bicubic matches how the
   data sets resize images. Each view's logits are upsampled to the target size, then
@@ -27,12 +27,15 @@ functions with the model and every size bound statically.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from msjax import metrics
+from msjax import xla
+from msjax.errors import ConfigError
+from msjax.evaluation import metrics
 from msjax.models import DeepLabV2
 from msjax.models.layers import resize_bilinear_align_corners
 
@@ -61,6 +64,11 @@ class Views:
     def count(self) -> int:
         """How many forward passes one image takes."""
         return len(self.scales) * (2 if self.flip else 1)
+
+    @classmethod
+    def from_flags(cls, flip: bool, scales: str) -> Views:
+        """The views of the `--flip` and `--scales` flags; ConfigError for a bad scale."""
+        return cls(flip=flip, scales=parse_scales(scales))
 
     def describe(self) -> str:
         """Short human-readable form, e.g. 'single scale' or 'flip, scales 0.75/1/1.25'."""
@@ -194,7 +202,7 @@ def make_predict_fn(
         with jax.default_matmul_precision(precision):
             return predict(model, variables, images, target_hw, views)
 
-    return jax.jit(fn)
+    return jax.jit(fn, compiler_options=xla.compiler_options())
 
 
 def make_eval_step(
@@ -227,11 +235,11 @@ def make_eval_step(
         matrix = metrics.confusion_matrix(pred, label, num_classes, mask=mask)
         return (matrix, pred) if return_predictions else matrix
 
-    return jax.jit(step)
+    return jax.jit(step, compiler_options=xla.compiler_options())
 
 
 def parse_scales(text: str | Sequence[float]) -> tuple[float, ...]:
-    """'0.75,1.0,1.25' -> (0.75, 1.0, 1.25); ValueError naming the bad entry."""
+    """'0.75,1.0,1.25' -> (0.75, 1.0, 1.25); ConfigError naming the bad entry."""
     if not isinstance(text, str):
         return tuple(float(s) for s in text)
     out = []
@@ -239,10 +247,10 @@ def parse_scales(text: str | Sequence[float]) -> tuple[float, ...]:
         try:
             value = float(part)
         except ValueError:
-            raise ValueError(
+            raise ConfigError(
                 f"--scales: {part!r} is not a number (expected e.g. 0.75,1,1.25)"
             ) from None
-        if not value > 0:
-            raise ValueError(f"--scales: {part!r} must be positive")
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"--scales: {part!r} must be a positive finite number")
         out.append(value)
     return tuple(out)

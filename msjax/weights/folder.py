@@ -1,4 +1,4 @@
-"""Converted weights: PyTorch key mapping, strict merging, and the Orbax + metadata format.
+"""The weights folder: an Orbax checkpoint plus metadata, written atomically, loaded strictly.
 
 A converted weights folder holds
   OUT_DIR/variables/      an Orbax checkpoint of {'params': ..., 'batch_stats': ...}
@@ -7,16 +7,14 @@ A converted weights folder holds
 The metadata is what makes weights usable without guessing: the model architecture
 (classes, block counts, width, stride placement, ASPP branches) and the input
 normalisation the weights were trained with ('caffe_bgr' for the original's DeepLab
-weights, 'torchvision_rgb' for torchvision's ResNet-101).
-
-Nothing here imports torch: state dicts arrive as {name: numpy array}.
+weights, 'torchvision_rgb' for torchvision's ResNet-101). `python -m msjax.convert`, the
+trainer's `best/` and `final/` exports and the tests all write this format.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from collections.abc import Mapping
 from typing import Any
@@ -25,7 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msjax.errors import WeightsError
 from msjax.models import DeepLabV2
+from msjax.weights.names import Path, flatten, torch_key
 
 METADATA_FILE = "metadata.json"
 VARIABLES_DIR = "variables"
@@ -35,108 +35,6 @@ FORMAT_VERSION = "msjax-weights/1"
 # implementation, dtype) is a run-time choice.
 ARCHITECTURE_FIELDS = ("num_classes", "blocks", "width", "stride_on")
 HEADS = ("layer5", "layer6")
-
-_BN_LEAVES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
-
-
-class WeightsError(ValueError):
-    """A user-facing problem with a weight file or a converted weights folder."""
-
-
-Path = tuple[str, ...]
-
-
-def flax_path(torch_key: str, ndim: int) -> tuple[str, Path]:
-    """Maps a PyTorch state_dict key to (collection, Flax path).
-
-    `layer3.5.conv2.weight` -> ('params', ('layer3_5', 'conv2', 'kernel'));
-    `layer1.0.downsample.1.running_var` -> ('batch_stats', ('layer1_0', 'downsample_1', 'var')).
-    A numeric component joins its predecessor with '_', exactly as the model names modules.
-    """
-    *modules, leaf = torch_key.split(".")
-    path: list[str] = []
-    for part in modules:
-        if part.isdigit() and path:
-            path[-1] = f"{path[-1]}_{part}"
-        else:
-            path.append(part)
-    if leaf == "weight" and ndim == 4:
-        return "params", (*path, "kernel")
-    if leaf in ("running_mean", "running_var"):
-        return "batch_stats", (*path, _BN_LEAVES[leaf])
-    if leaf in _BN_LEAVES:
-        return "params", (*path, _BN_LEAVES[leaf])
-    raise WeightsError(f"Unexpected state_dict key {torch_key!r}: unknown leaf name {leaf!r}.")
-
-
-def torch_key(collection: str, path: Path) -> str:
-    """The inverse of `flax_path`, for error messages that users can grep their files for."""
-    inverse = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
-    parts = []
-    for name in path[:-1]:
-        head, _, index = name.rpartition("_")
-        parts.extend([head, index] if head and index.isdigit() else [name])
-    return ".".join([*parts, inverse.get(path[-1], path[-1])])
-
-
-def state_dict_to_variables(state_dict: Mapping[str, np.ndarray]) -> dict[str, dict[Path, Any]]:
-    """Renames and transposes a PyTorch state_dict into flat Flax collections.
-
-    Conv weights [O, I, kh, kw] become kernels [kh, kw, I, O]; `num_batches_tracked` is
-    dropped. Returns {'params': {path: array}, 'batch_stats': {path: array}}.
-    """
-    out: dict[str, dict[Path, Any]] = {"params": {}, "batch_stats": {}}
-    for key, value in state_dict.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        value = np.asarray(value, dtype=np.float32)
-        collection, path = flax_path(key, value.ndim)
-        if value.ndim == 4:
-            value = value.transpose(2, 3, 1, 0)
-        out[collection][path] = value
-    return out
-
-
-def infer_architecture(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Block counts, width and (if the heads are present) class count of a state_dict."""
-    if "conv1.weight" not in state_dict:
-        raise WeightsError("The state_dict has no 'conv1.weight': it is not a ResNet backbone.")
-    blocks = []
-    for layer in range(1, 5):
-        ids = {int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{layer}\.(\d+)\.", k))}
-        if not ids:
-            raise WeightsError(f"The state_dict has no 'layer{layer}.*' keys.")
-        blocks.append(max(ids) + 1)
-    arch: dict[str, Any] = {
-        "blocks": blocks,
-        "width": int(np.shape(state_dict["conv1.weight"])[0]),
-    }
-    head_bias = "layer6.conv2d_list.0.bias"
-    if head_bias in state_dict:
-        arch["num_classes"] = int(np.shape(state_dict[head_bias])[0])
-    return arch
-
-
-def flatten(tree: Mapping) -> dict[Path, Any]:
-    """Nested dict -> {path: leaf}."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update({(key, *p): v for p, v in flatten(value).items()})
-        else:
-            flat[(key,)] = value
-    return flat
-
-
-def nest(flat: Mapping[Path, Any]) -> dict:
-    """{path: leaf} -> nested dict; the inverse of `flatten`."""
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        for name in path[:-1]:
-            node = node.setdefault(name, {})
-        node[path[-1]] = value
-    return tree
 
 
 def model_shapes(model: DeepLabV2) -> dict[str, dict[Path, tuple[int, ...]]]:

@@ -21,9 +21,11 @@ from collections.abc import Mapping, Sequence
 import jax
 import optax
 
+from msjax.errors import ConfigError
+
 FROZEN = "frozen"
 
-# The original's optimiser (../shared/REFERENCE.md section 5): the fields of config.optim
+# The original's optimiser (docs/original.md, "Optimisation"): the fields of config.optim
 # except `rules`, which depend on the model and the losses (see `faithful_rules`).
 ORIGINAL_OPTIM = dict(
     lr=2.5e-4,
@@ -54,7 +56,7 @@ def label_params(params, rules: Sequence[tuple[str, str]]):
     """A pytree of group names, one per parameter, from the first matching `(regex, group)`.
 
     Raises:
-      ValueError: naming every parameter that no rule matches.
+      ConfigError: naming every parameter that no rule matches.
     """
     compiled = [(re.compile(pattern), group) for pattern, group in rules]
     unmatched = []
@@ -70,7 +72,7 @@ def label_params(params, rules: Sequence[tuple[str, str]]):
     labels = jax.tree_util.tree_map_with_path(label, params)
     if unmatched:
         shown = ", ".join(unmatched[:8]) + (" ..." if len(unmatched) > 8 else "")
-        raise ValueError(
+        raise ConfigError(
             f"config.optim.rules match no rule for {len(unmatched)} parameters: {shown}. "
             f"Rules (first match wins): {[tuple(r) for r in rules]}"
         )
@@ -93,7 +95,7 @@ def make_optimizer(optim: Mapping, params) -> tuple[optax.GradientTransformation
     known = set(groups) | {FROZEN}
     used = set(jax.tree.leaves(labels))
     if used - known:
-        raise ValueError(
+        raise ConfigError(
             f"config.optim.rules use groups {sorted(used - known)} that config.optim.groups "
             f"does not define; defined: {sorted(known)}"
         )

@@ -1,7 +1,7 @@
 """Checkpoints of a training run: resumable train states and exported weights.
 
     WORKDIR/checkpoints/<step>/   Orbax: the whole TrainState + a JSON record (latest k kept)
-    WORKDIR/best/                 weights of the best target-val mIoU so far   } msjax.weights
+    WORKDIR/best/                 weights of the best validation mIoU so far   } msjax.weights
     WORKDIR/final/                weights at the end of the run                } format
 
 Train states are what `python -m msjax.train` resumes from (automatically, when WORKDIR holds
@@ -26,10 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from msjax import weights
-
-
-class CheckpointError(ValueError):
-    """A train state cannot be saved or restored; the message names the folder and step."""
+from msjax.errors import CheckpointError
 
 
 class RunCheckpoints:

@@ -4,7 +4,7 @@
           + lambda_target * L_target(main_t)                             target, unlabelled
           [+ lambda_seg * lambda_target * CE(aux_t, multi-level labels)]
 
-as the original computes it (../shared/REFERENCE.md section 4): the source batch goes
+as the original computes it (docs/original.md, "Losses"): the source batch goes
 through the model first and the target batch second, each normalised by its own BN
 statistics in training mode, with the running statistics updated by the source pass and
 then by the target pass. Source-only training (`loss.target = 'none'`) skips the target pass.
@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from msjax import losses
+from msjax import losses, sharding, xla
+from msjax.errors import ConfigError
 from msjax.models import DeepLabV2
 
 TARGET_LOSS_NAMES = (*losses.TARGET_LOSSES, "none")
@@ -60,13 +61,13 @@ def create_train_state(variables: Mapping, tx: optax.GradientTransformation) -> 
 
 
 def check_loss_config(loss: Mapping) -> None:
-    """Raises ValueError naming the config.loss field at fault."""
+    """Raises ConfigError naming the config.loss field at fault."""
     if loss["target"] not in TARGET_LOSS_NAMES:
-        raise ValueError(
+        raise ConfigError(
             f"config.loss.target={loss['target']!r}; valid: {', '.join(TARGET_LOSS_NAMES)}"
         )
     if loss["multi_level"] and loss["target"] == "none":
-        raise ValueError("config.loss.multi_level needs a target loss (config.loss.target).")
+        raise ConfigError("config.loss.multi_level needs a target loss (config.loss.target).")
 
 
 def compute_loss(params, batch_stats, source, target, *, model: DeepLabV2, loss: Mapping):
@@ -119,17 +120,16 @@ def compute_loss(params, batch_stats, source, target, *, model: DeepLabV2, loss:
 
 
 def make_train_step(model: DeepLabV2, tx: optax.GradientTransformation, loss: Mapping):
-    """`train_step(state, source, target, rng) -> (state, metrics)`, not yet jitted.
+    """`train_step(state, source, target) -> (state, metrics)`, not yet jitted.
 
-    Everything static (model, optimiser, loss config) is bound here; `rng` is folded with
-    the step so a resumed run needs no RNG bookkeeping (the faithful model draws no random
-    numbers, but variants with dropout would).
+    Everything static (model, optimiser, loss config) is bound here. The faithful model
+    draws no random numbers; a variant that does would derive its key from `state.step`
+    (`jax.random.fold_in`), so that a resumed run needs no RNG bookkeeping.
     """
     check_loss_config(loss)
     loss = dict(loss)
 
-    def train_step(state: TrainState, source, target, rng):
-        del rng  # jax.random.fold_in(rng, state.step) where a model needs randomness
+    def train_step(state: TrainState, source, target):
         grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
         (_, (batch_stats, metrics)), grads = grad_fn(
             state.params, state.batch_stats, source, target, model=model, loss=loss
@@ -143,3 +143,21 @@ def make_train_step(model: DeepLabV2, tx: optax.GradientTransformation, loss: Ma
         return new_state, metrics
 
     return train_step
+
+
+def jit_train_step(train_step, mesh, *, adapting: bool):
+    """`train_step` jitted over `mesh`: state replicated and donated, batches split.
+
+    Args:
+      train_step: from `make_train_step`.
+      mesh: the device mesh (`msjax.sharding.make_mesh`).
+      adapting: whether a target batch is passed (None in source-only training).
+    """
+    repl, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(repl, batch, batch if adapting else None),
+        out_shardings=(repl, repl),
+        donate_argnums=(0,),
+        compiler_options=xla.compiler_options(),
+    )

@@ -10,9 +10,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from msjax import inference, metrics, sharding, visualize
+from msjax import sharding
 from msjax.data.normalize import denormalize
 from msjax.data.pipeline import make_eval_stream
+from msjax.evaluation import inference, metrics, visualize
 
 
 class Validator:

@@ -1,0 +1,205 @@
+"""What every `python -m msjax.COMMAND` shares: process set-up and how errors end a command.
+
+- A `msjax.errors.UserError` (a bad path, field, argument or file) prints one
+  `error: ...` line on stderr and gives exit status 2; `--verbose` prints its traceback
+  first. Anything else is a bug in msjax and propagates with its full traceback.
+- Ctrl-C outside a training loop (which handles it itself, see
+  `msjax.training.preemption`) prints one line and gives 130, the shell's convention.
+- TensorFlow (only the data pipeline uses it) is told to stay quiet and, when it is
+  imported, to leave every GPU to JAX.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+from msjax.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def quiet_tensorflow() -> None:
+    """Asks TensorFlow for no info/warning logs (it reads this once, at import)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silences C++ log lines a library prints at import (TF_CPP_MIN_LOG_LEVEL cannot).
+
+    Only what runs inside is silenced; Python exceptions still surface afterwards.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # pytest capture, notebooks: nothing to do
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
+def run(command: Callable[[], int | None], *, verbose: bool = False) -> int:
+    """Runs one command; returns its exit status.
+
+    Args:
+      command: the command's work; returns its exit status (None means 0).
+      verbose: also print the traceback of a UserError.
+
+    Returns:
+      The command's status, 2 for a UserError, 130 for Ctrl-C.
+    """
+    try:
+        status = command()
+    except UserError as e:
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("Interrupted (Ctrl-C).", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    return 0 if status is None else int(status)
+
+
+def wants_verbose(argv) -> bool:
+    """Whether a command line asks for tracebacks (before its parser has run)."""
+    return "--verbose" in (argv or [])
+
+
+# --------------------------------------------------------------------------------------
+# Commands that take an experiment config (`msjax.train`, `msjax.demo`): absl flags with
+# ml_collections' `--config FILE[:ARG]` and `--config.FIELD=VALUE` overrides.
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+_CONFIG_FLAGS = None
+
+
+def _config_flags():
+    """Defines (once per process) and returns the absl flags of the config commands."""
+    global _CONFIG_FLAGS
+    if _CONFIG_FLAGS is None:
+        from absl import flags
+        from ml_collections import config_flags
+
+        config = config_flags.DEFINE_config_file(
+            "config", None, "Experiment config file (configs/NAME.py[:ARG]).", lock_config=True
+        )
+        flags.DEFINE_string("workdir", None, "Folder of the run (created; resumed if it exists).")
+        flags.DEFINE_bool("verbose", False, "Show tracebacks of user-facing errors.")
+        flags.DEFINE_bool(
+            "allow_config_change",
+            False,
+            "Continue the run in --workdir although it was started with a config that differs "
+            "in a field that changes the computation (refused otherwise).",
+        )
+        _CONFIG_FLAGS = (flags.FLAGS, config)
+    return _CONFIG_FLAGS
+
+
+def resolve_config_path(argv: list[str]) -> list[str]:
+    """Lets `--config gta2city.py[:arg]` name a file in configs/ when no such path exists."""
+    out = []
+    for i, arg in enumerate(argv):
+        value, prefix = None, None
+        if arg.startswith("--config="):
+            prefix, value = "--config=", arg[len("--config=") :]
+        elif i > 0 and argv[i - 1] == "--config":
+            prefix, value = "", arg
+        if value is not None:
+            path, sep, rest = value.partition(":")
+            if not os.path.exists(path) and os.path.exists(os.path.join(CONFIGS_DIR, path)):
+                value = os.path.join(CONFIGS_DIR, path) + sep + rest
+            arg = prefix + value
+        out.append(arg)
+    return out
+
+
+def _without_traceback(message: str, verbose: bool) -> str:
+    """ml_collections puts a config file's traceback into its flag error: keep its last line."""
+    head, sep, trace = message.partition("Traceback (most recent call last):")
+    if not sep or verbose:
+        return message
+    last = [line for line in trace.strip().splitlines() if line.strip()][-1]
+    return f"{head.strip()} {last.partition(': ')[2] or last}"
+
+
+def parse_config_flags(argv: list[str], default_config: str | None = None):
+    """Parses a config command's flags: (absl FLAGS, config), or an exit status (int).
+
+    Args:
+      argv: the command line, program name first.
+      default_config: the --config to use when none is given (e.g. 'demo.py').
+    """
+    from absl import flags
+    from absl import logging as absl_logging
+
+    FLAGS, config = _config_flags()
+    if default_config and not any(a == "--config" or a.startswith("--config=") for a in argv):
+        argv = [*argv, f"--config={default_config}"]
+    argv = resolve_config_path(list(argv))
+    verbose = wants_verbose(argv)
+    try:
+        FLAGS(argv)
+        value = config.value
+    except flags.Error as e:
+        print(f"error: {_without_traceback(str(e), verbose)}", file=sys.stderr)
+        print("Pass --helpfull to list the flags.", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except UserError as e:  # raised by a config file's get_config (a bad ':ARG')
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        # ml_collections raises these for a misspelt or mistyped --config.FIELD override.
+        if verbose:
+            raise
+        inner = e.args[0] if e.args else e
+        inner = inner.args[0] if isinstance(inner, KeyError) and inner.args else inner
+        print(f"error: bad --config override or config file: {inner}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    # Orbax logs every save step at INFO; the progress bar and metrics.jsonl say enough.
+    absl_logging.set_verbosity(absl_logging.INFO if FLAGS.verbose else absl_logging.WARNING)
+    return FLAGS, value
+
+
+DETERMINISTIC_GPU_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+def start_training_process(config) -> None:
+    """Process-wide set-up of a training command, before JAX starts its backend.
+
+    Applies `config.deterministic` (XLA's deterministic GPU kernels, an XLA_FLAGS setting),
+    hides the GPUs from TensorFlow, and joins a multi-host job when `config.distributed`.
+    """
+    from msjax import xla
+    from msjax.errors import ConfigError
+
+    if config.deterministic:
+        try:
+            xla.add_xla_flags(DETERMINISTIC_GPU_FLAG)
+        except xla.BackendStartedError:
+            raise ConfigError(
+                "config.deterministic=True, but JAX has already started its backend, so XLA "
+                f"would ignore the flag: set XLA_FLAGS={DETERMINISTIC_GPU_FLAG} before "
+                "starting Python instead."
+            ) from None
+        print(f"Deterministic GPU kernels requested (XLA_FLAGS={os.environ['XLA_FLAGS']}).")
+    from msjax.data import hide_gpus_from_tensorflow
+
+    hide_gpus_from_tensorflow()
+    if config.distributed:
+        import jax
+
+        jax.distributed.initialize()

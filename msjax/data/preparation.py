@@ -1,0 +1,198 @@
+"""Preparing data sets: raw download folders (or the generator) -> prepared TFDS data sets.
+
+`prepare_one(dataset, config, data_dir, raw_dir)` builds one config of one data set and
+returns a summary; `format_summary` turns it into the closing report of
+`python -m msjax.prepare` (pairs prepared and skipped with the reason, the stored label
+histogram, the raw image sizes). TFDS writes into a temporary folder renamed at the end,
+so a failed run leaves nothing half-written.
+"""
+
+import collections
+import contextlib
+import io
+import os
+from pathlib import Path
+
+from msjax.data import datasets, labels
+from msjax.data.synthetic import SYNTHETIC_DATASETS
+from msjax.errors import DataError
+
+MAX_LISTED = 10  # skipped files listed per reason in the summary
+
+
+def _nthu_cities(raw_dir) -> list[str]:
+    """Cities present in an NTHU root folder (for configs given without a city)."""
+    root = Path(raw_dir or ".").expanduser()
+    if (root / "Images").is_dir():
+        raise DataError(
+            f"nthu: {root} is a single city folder; name the city in --config, e.g. "
+            f"--config rome_1024x512 (cities: {list(datasets.NTHU_CITIES)})."
+        )
+    present = {p.name.lower() for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    cities = [c for c in datasets.NTHU_CITIES if c in present]
+    if not cities:
+        raise DataError(
+            f"nthu: no city folder in {root}. Expected: {datasets.EXPECTED_LAYOUT['nthu']}."
+        )
+    return cities
+
+
+def expand_configs(dataset: str, configs, builders, raw_dir=None) -> list[str]:
+    """Default configs, and NTHU shorthands ("rome" -> rome_1024x512, "full" -> every city)."""
+    if dataset == "nthu" and not configs:
+        configs = ["1024x512"]
+    if not configs:
+        return list(builders.DEFAULT_CONFIGS[dataset])
+    out = []
+    for name in configs:
+        if dataset == "nthu" and name in datasets.NTHU_CITIES:
+            out.append(f"{name}_1024x512")
+        elif dataset == "nthu" and f"rome_{name}" in builders.config_names("nthu"):
+            out.extend(f"{city}_{name}" for city in _nthu_cities(raw_dir))
+        else:
+            builders.check_config(dataset, name)
+            out.append(name)
+    return out
+
+
+def parse_split_lists(items) -> dict[str, Path]:
+    out = {}
+    for item in items or []:
+        split, sep, path = item.partition("=")
+        if not sep or not split or not path:
+            raise DataError(f"--split-list {item!r}: expected SPLIT=PATH, e.g. train=train.txt.")
+        out[split] = Path(path)
+    return out
+
+
+def _progress(desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    def wrap(iterable, total):
+        return tqdm(iterable, total=total, desc=desc, unit="img", disable=not enabled)
+
+    return wrap
+
+
+def prepare_one(
+    dataset: str,
+    config: str,
+    data_dir,
+    raw_dir=None,
+    split_lists=None,
+    overwrite: bool = False,
+    progress: bool = False,
+    num_workers: int | None = None,
+    max_examples: int | None = None,
+    skip_bad: bool = False,
+) -> dict:
+    """Prepares one config of one data set.
+
+    Args:
+      dataset: a builder name (gta5, synthia, cityscapes, nthu, synthetic_source, ...).
+      config: a config name of that builder.
+      data_dir: output folder (TFDS data_dir).
+      raw_dir: the raw download folder (not used by the synthetic sets).
+      split_lists: optional split name -> list file.
+      overwrite: rebuild even if already prepared.
+      progress: show a progress bar.
+      num_workers: decoding threads (default: CPU count, at most 16).
+      max_examples: keep at most this many examples per split (quick tests and demos).
+      skip_bad: skip (and list) unreadable or size-mismatched pairs instead of stopping.
+
+    Returns:
+      A summary dict: dataset, config, path, splits (name -> count), skipped ((path, reason)
+      list), histogram (256 pixel counts of train ids), outside_pixels, outside_files,
+      raw_sizes (Counter of (w, h)), already (True if nothing was built).
+    """
+    from msjax.data import builders
+
+    cls = builders.builder_class(dataset)
+    builders.check_config(dataset, config)
+    data_dir = Path(data_dir).expanduser().absolute()
+    layout = None
+    if dataset not in SYNTHETIC_DATASETS:
+        if raw_dir is None:
+            raise DataError(
+                f"{dataset}: RAW_DIR is required ({datasets.EXPECTED_LAYOUT[dataset]})."
+            )
+        city = config.split("_")[0] if dataset == "nthu" else None
+        layout = datasets.discover(dataset, raw_dir, city=city, split_lists=split_lists)
+    builder = cls(
+        data_dir=os.fspath(data_dir),
+        config=config,
+        layout=layout,
+        progress=_progress(f"{dataset}/{config}", progress),
+        num_workers=num_workers,
+        skip_bad=skip_bad,
+    )
+    summary = dict(dataset=dataset, config=config, path=builder.data_dir, already=False)
+    import tensorflow_datasets as tfds
+
+    done = (Path(builder.data_dir) / "dataset_info.json").is_file()
+    if done and not overwrite:
+        summary.update(
+            already=True, splits={k: v.num_examples for k, v in builder.info.splits.items()}
+        )
+        return summary
+    mode = tfds.download.GenerateMode
+    # TFDS's own bars and "Downloading and preparing..." lines would only confuse: nothing
+    # is downloaded, and our bar counts images.
+    tfds.disable_progress_bar()
+    with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=os.fspath(raw_dir) if raw_dir else None,
+                try_download_gcs=False,
+                compute_stats=tfds.download.ComputeStatsMode.SKIP,
+                max_examples_per_split=max_examples,
+                download_mode=mode.REUSE_CACHE_IF_EXISTS
+                if overwrite
+                else mode.REUSE_DATASET_IF_EXISTS,
+            )
+        )
+    st = builder.stats
+    summary.update(
+        splits={k: v.num_examples for k, v in builder.info.splits.items()},
+        skipped=(list(layout.skipped) if layout else [])
+        + [(path, "unreadable or size-mismatched pair (--skip-bad)") for path, _ in st.bad],
+        bad_messages=[msg for _, msg in st.bad],
+        histogram=st.histogram,
+        outside_pixels=st.outside_pixels,
+        outside_files=st.outside_files,
+        raw_sizes=st.raw_sizes,
+    )
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    """Human-readable closing summary of `prepare_one`."""
+    lines = [f"{s['dataset']}/{s['config']} -> {s['path']}"]
+    splits = ", ".join(f"{k}: {v}" for k, v in sorted(s["splits"].items()))
+    if s["already"]:
+        return lines[0] + f"\n  already prepared ({splits}); pass --overwrite to rebuild."
+    lines.append(f"  pairs prepared: {splits}")
+    by_reason = collections.defaultdict(list)
+    for path, reason in s["skipped"]:
+        by_reason[reason].append(path)
+    lines.append(f"  pairs skipped: {len(s['skipped'])}")
+    for reason, paths in sorted(by_reason.items()):
+        more = f" (+{len(paths) - MAX_LISTED} more)" if len(paths) > MAX_LISTED else ""
+        lines.append(
+            f"    {reason} ({len(paths)}): " + ", ".join(map(str, paths[:MAX_LISTED])) + more
+        )
+    for message in s.get("bad_messages", [])[:3]:
+        lines.append(f"    {message}")
+    if s["outside_pixels"]:
+        lines.append(
+            f"  label values outside the table: {s['outside_pixels']} pixels in "
+            f"{s['outside_files']} files (stored as ignore, 255)"
+        )
+    hist = s["histogram"]
+    total = max(int(hist.sum()), 1)
+    names = {i: n for i, n in enumerate(labels.CLASS_NAMES_19)} | {labels.IGNORE: "ignore"}
+    cells = [f"{names.get(i, i)} {100 * hist[i] / total:.1f}%" for i in range(256) if hist[i]]
+    lines.append("  stored label histogram (train ids): " + ", ".join(cells))
+    sizes = ", ".join(f"{w}x{h}: {n}" for (w, h), n in s["raw_sizes"].most_common())
+    lines.append(f"  raw image sizes: {sizes}")
+    return "\n".join(lines)

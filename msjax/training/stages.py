@@ -1,0 +1,74 @@
+"""Chains of training runs: a source model, then adaptations that start from its weights.
+
+The demo (`python -m msjax.demo`) and the paper reproduction (`python -m msjax.reproduce`)
+are chains of ordinary, resumable training runs ("stages"), each in its own folder of the
+chain's workdir. A stage that has finished (its results.json covers all its steps) is not
+run again, so an interrupted chain continues where it stopped with the same command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+
+from msjax.training.loop import train_and_evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One training run of a chain.
+
+    Attributes:
+      name: its folder under the chain's workdir (and its key in the chain's results).
+      title: a human-readable name, printed when it starts.
+      config: its complete run config (config.init.checkpoint may point into an earlier
+        stage's folder, e.g. CHAIN/source/final).
+    """
+
+    name: str
+    title: str
+    config: Any
+
+
+def finished_summary(folder: str, steps: int) -> dict | None:
+    """The results.json summary of a stage that has run all `steps`, else None."""
+    path = os.path.join(folder, "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        summary = json.load(f)
+    return summary if summary.get("final_step", 0) >= steps else None
+
+
+def run_stage(stage: Stage, chain_dir: str) -> dict:
+    """Runs (or resumes, or skips if finished) one stage; returns its summary."""
+    folder = os.path.join(chain_dir, stage.name)
+    steps = stage.config.train.steps
+    done = finished_summary(folder, steps)
+    loud = jax.process_index() == 0
+    if done is not None:
+        if loud:
+            print(f"\n== {stage.title}: finished earlier ({folder}), skipped", flush=True)
+        return done
+    if loud:
+        print(f"\n== {stage.title}: {steps} steps -> {folder}", flush=True)
+    return train_and_evaluate(stage.config, folder)
+
+
+def run_stages(stages: list[Stage], chain_dir: str) -> dict[str, dict]:
+    """Runs the stages in order; stops after one that was stopped by a signal.
+
+    Returns:
+      {stage name: its summary} for the stages that ran (or had finished); a stopped stage's
+      summary carries `stop_signal`.
+    """
+    summaries = {}
+    for stage in stages:
+        summaries[stage.name] = run_stage(stage, chain_dir)
+        if "stop_signal" in summaries[stage.name]:
+            break
+    return summaries
