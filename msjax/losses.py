@@ -1,10 +1,11 @@
 """Segmentation losses of the maximum squares paper, in pure jax.numpy.
 
-Everything here follows section 4 of ../shared/REFERENCE.md. Conventions:
+Everything here follows the original's losses (docs/original.md, "Losses"). Conventions:
 
 * Logits are NHWC ``[N, H, W, C]``; labels are integer ``[N, H, W]``.
 * Every loss is computed in float32 whatever the logits' dtype (bfloat16 logits from a mixed
-  precision model are upcast first), and returns a float32 scalar.
+  precision model are upcast first), and returns a float32 scalar; float64 logits (exact
+  tests under ``jax.enable_x64``) stay float64 throughout.
 * Every loss is ``jax.jit``-compiled with its hyper-parameters static, never pulls a value
   to the host, and is safe to call inside a larger jitted train step (the nested jit is
   inlined by XLA). ``target_loss`` is a plain Python dispatch on a config string: bind the
@@ -26,11 +27,16 @@ IGNORE_INDEX = 255
 TARGET_LOSSES = ("maxsquare", "iw_maxsquare", "entropy", "hard")
 
 
+def _upcast(x):
+    """float32 for float32/bfloat16/float16 input; float64 stays float64."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _masked_mean_ce(logits, labels, valid):
     """Mean cross-entropy over the pixels where ``valid`` is true; 0 when there are none.
 
     Args:
-      logits: float32 ``[N, H, W, C]``.
+      logits: float32 (or float64) ``[N, H, W, C]``.
       labels: int ``[N, H, W]``; values where ``valid`` is false are never read as classes.
       valid: bool ``[N, H, W]``.
 
@@ -45,7 +51,7 @@ def _masked_mean_ce(logits, labels, valid):
     total = jnp.sum(jnp.where(valid, nll, 0.0))
     # max(count, 1): with no valid pixel the sum is exactly 0, so the loss is 0 (PyTorch's
     # mean reduction would give 0/0 = NaN) and its gradient is 0 too.
-    count = jnp.maximum(jnp.sum(valid, dtype=jnp.float32), 1.0)
+    count = jnp.maximum(jnp.sum(valid, dtype=logits.dtype), 1.0)
     return total / count
 
 
@@ -64,7 +70,7 @@ def cross_entropy(logits, labels, ignore_index=IGNORE_INDEX):
     """
     num_classes = logits.shape[-1]
     valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
-    return _masked_mean_ce(logits.astype(jnp.float32), labels, valid)
+    return _masked_mean_ce(_upcast(logits), labels, valid)
 
 
 @jax.jit
@@ -81,7 +87,7 @@ def max_square(logits):
     Returns:
       float32 scalar (negative; -1/(2C) at a one-hot prediction).
     """
-    p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    p = jax.nn.softmax(_upcast(logits), axis=-1)
     return -jnp.mean(jnp.square(p)) / 2.0
 
 
@@ -100,16 +106,16 @@ def iw_pixel_weights(logits, ratio=0.2):
     Returns:
       float32 ``[N, H, W]`` pixel weights.
     """
-    logits = jax.lax.stop_gradient(logits.astype(jnp.float32))
+    logits = jax.lax.stop_gradient(_upcast(logits))
     _, height, width, num_classes = logits.shape
     # The original takes the argmax of the probabilities; do the same so that the rare
     # pixels where softmax rounding creates a tie resolve identically.
     pred = jnp.argmax(jax.nn.softmax(logits, axis=-1), axis=-1)
-    one_hot = jax.nn.one_hot(pred, num_classes, dtype=jnp.float32)
+    one_hot = jax.nn.one_hot(pred, num_classes, dtype=logits.dtype)
     # Per-image histogram as a vectorised count (exact in float32 below 2^24 pixels): this
     # is what fixes the original, which shares one argmax map across the batch.
     counts = one_hot.sum(axis=(1, 2))  # [N, C]
-    num_pixels = jnp.float32(height * width)
+    num_pixels = jnp.asarray(height * width, logits.dtype)
     denom = jnp.power(counts, ratio) * jnp.power(num_pixels, 1.0 - ratio)
     class_weights = 1.0 / jnp.maximum(denom, 1.0)  # [N, C]
     # Gather by a masked sum over classes: exactly one term is non-zero, so this is exact on
@@ -133,7 +139,7 @@ def iw_max_square(logits, ratio=0.2):
       float32 scalar.
     """
     num, _, _, num_classes = logits.shape
-    p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    p = jax.nn.softmax(_upcast(logits), axis=-1)
     weights = iw_pixel_weights(logits, ratio=ratio)
     weighted = jnp.sum(jnp.square(p), axis=-1) * weights
     return -jnp.sum(weighted) / (num * num_classes)
@@ -152,7 +158,7 @@ def entropy(logits):
     Returns:
       float32 scalar: the mean per-pixel entropy divided by ``C``. ``p`` is not detached.
     """
-    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    log_p = jax.nn.log_softmax(_upcast(logits), axis=-1)
     return -jnp.mean(jnp.exp(log_p) * log_p)
 
 
@@ -168,7 +174,7 @@ def hard_pseudo_label(logits, threshold=0.95):
       float32 scalar: mean CE over the kept pixels, 0 when none is kept. The pseudo-labels
       and the mask carry no gradient.
     """
-    logits = logits.astype(jnp.float32)
+    logits = _upcast(logits)
     p = jax.lax.stop_gradient(jax.nn.softmax(logits, axis=-1))
     labels = jnp.argmax(p, axis=-1)
     keep = jnp.max(p, axis=-1) > threshold
@@ -176,12 +182,33 @@ def hard_pseudo_label(logits, threshold=0.95):
 
 
 @functools.partial(jax.jit, static_argnames=("threshold",))
+def multi_level_labels(main_logits, aux_logits, threshold=0.95):
+    """The pseudo-labels of multi-level guidance and the pixels they keep (no gradient).
+
+    Labels are ``argmax((softmax(main) + softmax(aux)) / 2)``, kept where the maximum of
+    either softmax exceeds ``threshold``.
+
+    Args:
+      main_logits, aux_logits: ``[N, H, W, C]`` logits of the two heads.
+      threshold: confidence threshold on either head's maximum probability.
+
+    Returns:
+      (int32 labels ``[N, H, W]``, bool keep ``[N, H, W]``).
+    """
+    q_main = jax.nn.softmax(jax.lax.stop_gradient(_upcast(main_logits)), axis=-1)
+    q_aux = jax.nn.softmax(jax.lax.stop_gradient(_upcast(aux_logits)), axis=-1)
+    labels = jnp.argmax((q_main + q_aux) / 2.0, axis=-1).astype(jnp.int32)
+    keep = (jnp.max(q_main, axis=-1) > threshold) | (jnp.max(q_aux, axis=-1) > threshold)
+    return labels, keep
+
+
+@functools.partial(jax.jit, static_argnames=("threshold",))
 def multi_level_guidance(main_logits, aux_logits, threshold=0.95):
     """Multi-level self-produced guidance: CE on the aux head against fused pseudo-labels.
 
-    Labels are ``argmax((softmax(main) + softmax(aux)) / 2)``, kept where the maximum of
-    either softmax exceeds ``threshold`` (0.95; 0.98 for cross-city). Only the CE term is
-    returned: the caller multiplies it by ``lambda_seg * lambda_target``.
+    The pseudo-labels and the kept pixels come from :func:`multi_level_labels` (0.95; 0.98
+    for cross-city). Only the CE term is returned: the caller multiplies it by
+    ``lambda_seg * lambda_target``.
 
     Args:
       main_logits: ``[N, H, W, C]`` logits of the main head (used for labels only: it gets
@@ -192,12 +219,8 @@ def multi_level_guidance(main_logits, aux_logits, threshold=0.95):
     Returns:
       float32 scalar: mean CE over the kept pixels; 0 with a zero gradient when none is kept.
     """
-    aux_logits = aux_logits.astype(jnp.float32)
-    q_main = jax.lax.stop_gradient(jax.nn.softmax(main_logits.astype(jnp.float32), axis=-1))
-    q_aux = jax.lax.stop_gradient(jax.nn.softmax(aux_logits, axis=-1))
-    labels = jnp.argmax((q_main + q_aux) / 2.0, axis=-1)
-    keep = (jnp.max(q_main, axis=-1) > threshold) | (jnp.max(q_aux, axis=-1) > threshold)
-    return _masked_mean_ce(aux_logits, labels, keep)
+    labels, keep = multi_level_labels(main_logits, aux_logits, threshold=threshold)
+    return _masked_mean_ce(_upcast(aux_logits), labels, keep)
 
 
 def target_loss(name, logits, *, ratio=0.2, threshold=0.95):

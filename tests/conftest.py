@@ -1,7 +1,7 @@
 """Shared pytest set-up: CPU-only JAX with a persistent compilation cache.
 
 Model construction and jitted steps compile many small kernels on XLA:CPU; caching them on
-disk makes a second run of the suite several times faster (see ../shared/ENVIRONMENT.md).
+disk makes a second run of the suite several times faster (docs/performance.md).
 Every compilation is cached, however quick: the trainer tests build the same jitted
 functions again in each run, and the cache turns those compilations into disk reads. The
 settings are environment variables, so the subprocesses the tests start (the command line,

@@ -1,6 +1,7 @@
 """Tiny fake raw data sets in the exact download layouts, for the data tests.
 
-Each `make_*` writes a folder the real loaders read unchanged (REFERENCE.md section 6):
+Each `make_*` writes a folder the real loaders read unchanged (docs/original.md, "Data sets
+and label maps"):
 Cityscapes nested city folders with `_gtFine_labelIds.png` (plus the `_color` and
 `_instanceIds` files that must be ignored), GTA5 5-digit names with palette-mode labels,
 SYNTHIA 16-bit three-channel label PNGs (id in channel 0, large instance values in the

@@ -4,12 +4,12 @@ processes (jax.distributed on 127.0.0.1, CPU collectives).
 Both run in subprocesses (device counts are fixed when JAX starts).
 """
 
-import os
 import subprocess
 import sys
 
 import pytest
 
+from tests.subprocess_env import with_devices
 from tests.test_train import REPO
 
 
@@ -34,8 +34,9 @@ def test_two_processes_equal_one_process_each_read_their_shard_and_stop_together
     assert "preemption: SIGTERM to process 1 only -> both exited 0" in result.stdout
 
 
+@pytest.mark.slow
 def test_sharded_step_on_eight_cpu_devices_equals_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = with_devices(8)
     result = subprocess.run(
         [sys.executable, "-m", "tests.sharded_step_check"],
         cwd=REPO,
@@ -47,3 +48,5 @@ def test_sharded_step_on_eight_cpu_devices_equals_one_device():
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert result.stdout.count("8 devices vs 1") == 2
+    assert result.stdout.count("parameters vs the float64 step") == 2
+    assert result.stdout.strip().splitlines()[-1] == "PASS"

@@ -23,6 +23,7 @@ from msjax.training.checkpoints import RunCheckpoints
 from msjax.training.workdir import prepare_workdir
 from tests import fake_data
 from tests.checkpoints import save_random_checkpoint
+from tests.subprocess_env import with_devices
 from tests.test_train import REPO, load_config, run_cli
 
 # A failed Orbax restore or save (truncated files, simulated ENOSPC) leaves coroutines of its
@@ -191,7 +192,7 @@ def test_batch_not_divisible_by_the_device_count_cli(tmp_path):
         "gta2city.py:smoke",
         f"--workdir={tmp_path}/run",
         "--config.batch_pairs=3",
-        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+        env={"XLA_FLAGS": with_devices(2)["XLA_FLAGS"]},
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert (

@@ -1,11 +1,11 @@
-"""Label tables against REFERENCE.md section 6, checked value by value over all 256 ids."""
+"""Label tables against docs/original.md ("Data sets and label maps"), value by value."""
 
 import numpy as np
 import pytest
 
 from msjax.data import labels
 
-# REFERENCE.md section 6, copied verbatim: Cityscapes/GTA5/NTHU id -> train id.
+# docs/original.md ("Data sets and label maps"), verbatim: Cityscapes/GTA5/NTHU id -> train id.
 REF_CITYSCAPES = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
     25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,

@@ -1,12 +1,15 @@
 """Mixed precision: bfloat16 compute with float32 parameters, statistics, losses and updates.
 
-Three checks of `DeepLabV2(dtype=bfloat16)` against the same model in float32:
-- the full-depth ResNet-101 model's logits agree to about 1e-2 (relative L2 norm; the
-  tolerance is 1.5e-2) at a small input;
+Checks of `DeepLabV2(dtype=bfloat16)` against the same model in float32, each on a quantity
+that does not depend on the CPU's round-off:
+- the full-depth ResNet-101 model's logits (evaluation mode) agree to about 1e-2;
 - everything that is state (parameters, BN moments, optimizer momentum) and every loss stays
-  float32 through a bfloat16 train step;
-- 50 adaptation steps on the synthetic demo scenes end at the float32 run's loss (0.03 apart,
-  tolerance 0.1, from an initial 2.83).
+  float32 through bfloat16 train steps;
+- one train step from the same state and batch: the same loss to 1e-2, a gradient pointing
+  the same way (cosine similarity);
+- training: a single pair of runs is chaotic (two float32 runs on different CPUs end at
+  different losses), so bfloat16 is compared with float32 over several seeds, against the
+  seed-to-seed spread of the runs themselves.
 """
 
 import functools
@@ -29,8 +32,9 @@ def rel_err(a, b) -> float:
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
-def make_state(model, lr, shape=(1, 65, 65, 3)):
-    variables = jax.jit(lambda k: model.init(k, jnp.zeros(shape), train=False))(jax.random.key(0))
+def make_state(model, lr, shape=(1, 65, 65, 3), seed=0):
+    init = jax.jit(lambda k: model.init(k, jnp.zeros(shape), train=False))
+    variables = init(jax.random.key(seed))
     cfg = dict(
         optim.ORIGINAL_OPTIM,
         lr=lr,
@@ -90,31 +94,45 @@ def test_full_depth_bfloat16_logits_within_1e_2_of_float32():
     assert rel_err(main16, main32) <= 3e-2 and rel_err(aux16, aux32) <= 3e-2
 
 
-@pytest.fixture(scope="module")
-def tiny_runs():
-    """50 adaptation steps of a tiny model on the synthetic scenes, float32 and bfloat16."""
-    # 8 different batches of 2 pairs, cycled: the run must generalise a little, not only
-    # memorise one batch.
+SEEDS = 4
+STEPS = 50
+
+
+def tiny_batches():
+    """8 different batches of 2 pairs of the demo's synthetic scenes, cycled in training:
+    a run must generalise a little, not only memorise one batch."""
     source, target = synthetic_pairs(16, 64, 128)
-    batches = [
+    return [
         ({k: v[i : i + 2] for k, v in source.items()}, {"image": target["image"][i : i + 2]})
         for i in range(0, 16, 2)
     ]
-    runs = {}
-    for dtype in (jnp.float32, jnp.bfloat16):
-        model = tiny_deeplabv2(width=16, dtype=dtype)
-        tx, state = make_state(model, lr=0.002)
-        step = jax.jit(ts.make_train_step(model, tx, LOSS), donate_argnums=(0,))
-        losses = []
-        for i in range(50):
-            state, metrics = step(state, *batches[i % len(batches)])
-            losses.append(metrics)
-        runs[jnp.dtype(dtype).name] = (state, jax.device_get(losses))
-    return runs
 
 
-def test_bfloat16_step_keeps_state_and_losses_float32(tiny_runs):
-    state, metrics = tiny_runs["bfloat16"]
+def train_tiny(dtype, seed: int, batches, steps: int = STEPS):
+    """`steps` adaptation steps of a tiny model from init `seed`, batches in a seeded order."""
+    model = tiny_deeplabv2(width=16, dtype=dtype)
+    tx, state = make_state(model, lr=0.002, seed=seed)
+    step = jax.jit(ts.make_train_step(model, tx, LOSS), donate_argnums=(0,))
+    order = np.random.RandomState(seed).permutation(len(batches))
+    metrics = []
+    for i in range(steps):
+        state, m = step(state, *batches[order[i % len(batches)]])
+        metrics.append(m)
+    return state, jax.device_get(metrics)
+
+
+@pytest.fixture(scope="module")
+def tiny_runs():
+    """{dtype name: [(final state, per-step metrics)] for each seed}."""
+    batches = tiny_batches()
+    return {
+        jnp.dtype(dtype).name: [train_tiny(dtype, seed, batches) for seed in range(SEEDS)]
+        for dtype in (jnp.float32, jnp.bfloat16)
+    }
+
+
+def test_bfloat16_step_keeps_state_and_losses_float32():
+    state, metrics = train_tiny(jnp.bfloat16, 0, tiny_batches(), steps=2)
     for leaf in jax.tree.leaves((state.params, state.batch_stats, state.opt_state)):
         if jnp.issubdtype(leaf.dtype, jnp.floating):
             assert leaf.dtype == jnp.float32
@@ -122,20 +140,55 @@ def test_bfloat16_step_keeps_state_and_losses_float32(tiny_runs):
         assert value.dtype == np.float32, name
 
 
-def test_bfloat16_training_reaches_the_float32_loss(tiny_runs):
-    """Both runs start from the same weights; after 50 steps their losses agree.
+def test_bfloat16_gradient_follows_float32_at_one_step():
+    """One step from the same weights and batch, so nothing has diverged yet.
 
-    Compared: the mean total loss over the last 8 steps (one pass over the 8 batches).
-    Measured on CPU (jax 0.10.2): float32 0.515, bfloat16 0.486, from 2.83 at step 0, so a
-    gap of 0.03 (1% of the initial loss; single steps differ more, as two float32 runs
-    with different summation orders would). Tolerance: 0.1 absolute (3.5% of the initial
-    loss), with both runs required to have lost more than half of it.
+    Measured on CPU (jax 0.10.2) over init seeds 0-2, on both instruction-set paths of
+    docs/reliability.md: cosine similarity of the whole gradient 0.969-0.973, relative L2
+    difference 0.23-0.25. Per-image BN makes the early layers' kernel gradients a sum of
+    nearly cancelling per-image terms, so bfloat16 rounding (2^-9) shows there far more than
+    in the logits; a broken bfloat16 path (statistics or losses in bfloat16) scores far lower.
     """
-    _, m32 = tiny_runs["float32"]
-    _, m16 = tiny_runs["bfloat16"]
-    l32 = np.array([m["loss"] for m in m32])
-    l16 = np.array([m["loss"] for m in m16])
-    assert np.all(np.isfinite(l16))
-    end32, end16 = l32[-8:].mean(), l16[-8:].mean()
-    assert end32 < 0.5 * l32[0] and end16 < 0.5 * l16[0]
-    assert abs(end16 - end32) <= 0.1
+    source, target = tiny_batches()[0]
+    grads, values = {}, {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        model = tiny_deeplabv2(width=16, dtype=dtype)
+        _, state = make_state(model, lr=0.002)
+
+        def loss(params, state=state, model=model):
+            batch_stats = state.batch_stats
+            return ts.compute_loss(params, batch_stats, source, target, model=model, loss=LOSS)[0]
+
+        with jax.default_matmul_precision("highest"):
+            value, grad = jax.jit(jax.value_and_grad(loss))(state.params)
+        values[dtype] = float(value)
+        grads[dtype] = np.concatenate([np.ravel(np.asarray(g, np.float64)) for g in
+                                       jax.tree.leaves(grad)])  # fmt: skip
+    a, b = grads[jnp.bfloat16], grads[jnp.float32]
+    cosine = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    assert abs(values[jnp.bfloat16] - values[jnp.float32]) <= 1e-2 * abs(values[jnp.float32])
+    assert cosine >= 0.95
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) <= 0.35
+
+
+@pytest.mark.slow
+def test_bfloat16_training_reaches_the_float32_loss(tiny_runs):
+    """SEEDS pairs of runs (init and batch order from the seed), STEPS steps each.
+
+    Compared: the mean total loss over the last 8 steps. Two runs of the same seed diverge
+    (float32 alone ends 0.23-0.57 apart across seeds, measured), so the bound is statistical:
+    the bfloat16 mean over seeds must lie within 3 standard errors (from both dtypes'
+    seed-to-seed spread) of the float32 mean, and every run must lose more than half of its
+    initial loss. Measured on CPU (jax 0.10.2), 5 seeds: float32 0.333 +- 0.135, bfloat16
+    0.335 +- 0.074 (mean +- sd), from about 2.9.
+    """
+    ends = {}
+    for name, runs in tiny_runs.items():
+        for _, metrics in runs:
+            losses = np.array([m["loss"] for m in metrics])
+            assert np.all(np.isfinite(losses))
+            assert losses[-8:].mean() < 0.5 * losses[0], name
+        ends[name] = np.array([np.mean([m["loss"] for m in metrics[-8:]]) for _, metrics in runs])
+    e32, e16 = ends["float32"], ends["bfloat16"]
+    standard_error = np.sqrt((e32.var(ddof=1) + e16.var(ddof=1)) / SEEDS)
+    assert abs(e16.mean() - e32.mean()) <= 3 * standard_error, (e32, e16)

@@ -2,9 +2,9 @@
 
 Every random draw is a stateless op keyed by an explicit seed, so the same example with the
 same seed gives the same output eagerly and inside tf.data, on any number of workers, and a
-resumed run re-draws exactly what it drew before. As the original ran it (REFERENCE.md
-section 5): horizontal flip p=0.5 and a Gaussian blur of radius U[0, 1) with p=0.5. Random
-scale and crop exist behind config fields (off in the original's runs).
+resumed run re-draws exactly what it drew before. As the original ran it (docs/original.md,
+"Optimisation"): horizontal flip p=0.5 and a Gaussian blur of radius U[0, 1) with p=0.5.
+Random scale and crop exist behind config fields (off in the original's runs).
 
 Images are float32 RGB in 0..255 [H, W, 3]; labels uint8 or int32 [H, W], 255 = ignore.
 """

@@ -2,7 +2,8 @@
 
 Nothing here reads pixels or imports TensorFlow: it walks folders, pairs images with labels,
 applies optional split lists, and records every file it had to skip and why, so that
-`python -m msjax.prepare` can report them. Layouts are REFERENCE.md section 6.
+`python -m msjax.prepare` can report them. Layouts: docs/original.md, "Data sets and label
+maps".
 """
 
 import dataclasses

@@ -4,7 +4,8 @@ The Cityscapes table below is transcribed from the official `cityscapesscripts` 
 (`cityscapesscripts/helpers/labels.py`, v2.3.0). That package is not a dependency: its
 install pulls `requests`, `coloredlogs`, `pyquaternion` and the obsolete `typing` backport
 for one table, so the table lives here and `tests/test_labels.py` checks it against
-REFERENCE.md section 6. GTA5 and NTHU labels use Cityscapes ids; SYNTHIA has its own ids.
+docs/original.md ("Data sets and label maps"). GTA5 and NTHU labels use Cityscapes ids;
+SYNTHIA has its own ids.
 
 Prepared data sets store 19-class train ids (uint8, 255 = ignore) for every source; the
 pipeline maps them to the 16- or 13-class subsets with `subset_lut`.
@@ -85,8 +86,9 @@ CITYSCAPES_ID_TO_TRAIN_ID: dict[int, int] = {
 # Largest id the Cityscapes table defines; larger raw values are "outside the map".
 CITYSCAPES_MAX_ID = 33
 
-# SYNTHIA-RAND-CITYSCAPES id (first channel of GT/LABELS) -> 19-class train id (REFERENCE.md
-# section 6). SYNTHIA ids 0..22 are defined; 0 (void), 13 (lanemarking), 14 and 22 ignore.
+# SYNTHIA-RAND-CITYSCAPES id (first channel of GT/LABELS) -> 19-class train id
+# (docs/original.md, "Data sets and label maps"). SYNTHIA ids 0..22 are defined; 0 (void),
+# 13 (lanemarking), 14 and 22 ignore.
 SYNTHIA_ID_TO_TRAIN_ID: dict[int, int] = {
     1: 10, 2: 2, 3: 0, 4: 1, 5: 4, 6: 8, 7: 5, 8: 13, 9: 7, 10: 11,
     11: 18, 12: 17, 15: 6, 16: 9, 17: 12, 18: 14, 19: 15, 20: 16, 21: 3,

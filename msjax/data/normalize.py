@@ -1,7 +1,8 @@
 """Input normalisation chosen by the weights' metadata, and its inverse for visualisation.
 
 The weight converter records `input_normalization` in the checkpoint metadata:
-- "caffe_bgr" (the original's DeepLab init, REFERENCE.md section 3): RGB -> BGR, float 0-255,
+- "caffe_bgr" (the original's DeepLab init; docs/original.md, "Input normalisation"): RGB ->
+  BGR, float 0-255,
   subtract the BGR mean, no std division;
 - "torchvision_rgb" (torchvision ImageNet weights): RGB / 255, subtract the ImageNet mean and
   divide by its std.

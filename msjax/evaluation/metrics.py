@@ -1,6 +1,6 @@
 """Segmentation metrics: a confusion matrix accumulated on device, IoU tables on the host.
 
-The protocol is REFERENCE.md section 7, and the one of the official Cityscapes evaluator:
+The protocol is docs/original.md, "Evaluation", and the one of the official Cityscapes evaluator:
 - the confusion matrix counts every pixel whose ground truth is a class (0 <= gt < C); the
   ignore index (255) and padded batch entries (`mask` False) are left out, predictions of
   any class are counted;

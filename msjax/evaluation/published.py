@@ -1,8 +1,8 @@
 """The paper's published mIoU (Chen et al., ICCV 2019), to print beside msjax's numbers.
 
-Numbers are REFERENCE.md section 8, in percent. They were obtained with the original's
-protocol (image bicubic and label nearest at 1024x512, single scale), so they compare
-directly only with `--protocol original`; evaluate.py says so next to them.
+Numbers are the paper's (docs/original.md, "Published results"), in percent. They were
+obtained with the original's protocol (image bicubic and label nearest at 1024x512), so they
+compare directly only with `--protocol original`; the report says so next to them.
 
 A setting is what the evaluation can see: the target data set and the class count of the
 checkpoint (19 classes on Cityscapes = GTA5 -> Cityscapes; 16 = SYNTHIA -> Cityscapes;

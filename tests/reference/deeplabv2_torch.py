@@ -1,4 +1,4 @@
-"""PyTorch reference of the original DeepLabV2-ResNet, written from ../shared/REFERENCE.md.
+"""PyTorch reference of the original DeepLabV2-ResNet, written from docs/original.md.
 
 Test-only. It reproduces the original network's behaviour and state_dict names
 (`conv1`, `bn1`, `layer{1..4}.{i}.conv{1,2,3}`, `.downsample.{0,1}`,

@@ -1,9 +1,9 @@
-"""PyTorch references for msjax.losses, written from ../shared/REFERENCE.md section 4.
+"""PyTorch references for msjax.losses, written from docs/original.md, "Losses".
 
 They keep the original code's layout (NCHW logits, ``[N, H, W]`` labels) and its operations
 (``torch.histc`` histograms, ``torch.max`` argmax, ``F.cross_entropy``), so that the tests
 compare msjax against the original's arithmetic through torch autograd. Two deliberate
-departures, both documented in REFERENCE.md:
+departures, both documented in docs/original.md:
 
 * cross-entropy with every pixel ignored is 0 here (PyTorch's mean reduction gives NaN);
 * the image-wise weighted loss is given twice: ``iw_max_square_original`` is the original
