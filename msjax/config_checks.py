@@ -106,6 +106,8 @@ FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.num_images": integer(0),
     "eval.batch_size": integer(1),
     "eval.every_steps": integer(1),
+    "epochs.shared": boolean,
+    "epochs.source_only_max_steps": integer(0),
 }
 for _stream in ("source", "target"):
     FIELD_CHECKS.update({
@@ -113,7 +115,6 @@ for _stream in ("source", "target"):
         f"{_stream}.blur": boolean,
         f"{_stream}.random_scale": positive_pair_or_none,
         f"{_stream}.crop_size": positive_pair_or_none,
-        f"{_stream}.shuffle_buffer": integer(1),
     })  # fmt: skip
 
 

@@ -12,7 +12,11 @@ files change only what differs. Fields:
   init.*    checkpoint (a weights folder from msjax.convert or a run's best/final; '' for the
             original's random initialisation), normalization (used only without a checkpoint)
   source.*, target.*   training streams (dataset, config, split, flip, blur, random_scale,
-            crop_size, shuffle_buffer)
+            crop_size)
+  epochs.*  shared (adaptation: both streams turn epochs together after the shorter split's
+            batches, each a fresh permutation, as the original zips its two loaders),
+            source_only_max_steps (source-only epochs are at most this many steps, the
+            original's ITER_MAX; 0: a full pass); docs/data.md
   eval.*    target validation (dataset, config, split, batch_size, every_steps)
   loss.*    target ('maxsquare', 'iw_maxsquare', 'entropy', 'hard' or 'none'), lambda_target,
             iw_ratio, threshold, multi_level, multi_threshold, lambda_seg, ignore_index
@@ -44,7 +48,6 @@ def stream(dataset: str, config: str, split: str = "train") -> ml_collections.Co
             blur=True,
             random_scale=config_dict.placeholder(tuple),
             crop_size=config_dict.placeholder(tuple),
-            shuffle_buffer=256,
         )
     )
 
@@ -77,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.init = ml_collections.ConfigDict(dict(checkpoint="", normalization="caffe_bgr"))
     c.source = stream("gta5", "1280x720")
     c.target = stream("cityscapes", "1024x512")
+    # The original's data order (docs/data.md): every epoch a fresh permutation of each split;
+    # in adaptation both streams restart when the shorter one ends (a zip of two loaders);
+    # source-only epochs stop after 5,000 steps (train_source.py's ITER_MAX).
+    c.epochs = ml_collections.ConfigDict(dict(shared=True, source_only_max_steps=5000))
     c.eval = ml_collections.ConfigDict(
         dict(
             dataset="cityscapes",

@@ -6,8 +6,15 @@
     python -m msjax.prepare nthu ~/raw/NTHU --data-dir ~/msjax_data --config rome_1024x512
     python -m msjax.prepare synthetic --data-dir ~/msjax_data   # generated, no raw folder
 
-Each run shows a progress bar and closes with a summary: pairs found per split, pairs skipped
-and why, the histogram of stored train ids, the raw image sizes (`msjax.data.preparation`).
+The splits are the original's by default: its split lists ship with msjax (GTA5 and SYNTHIA
+train/val, Cityscapes train/val, NTHU train/test; what each holds: docs/data.md).
+`--split-list SPLIT=PATH` gives your own lists instead (entries in the original's id format or
+file stems); `--split-lists none` uses the folders' own splits (every GTA5/SYNTHIA pair in
+train). A listed pair missing on disk is an error unless `--skip-bad`.
+
+Each run shows a progress bar and closes with a summary: pairs found per split, the list that
+defined each split and how many listed pairs were missing, pairs skipped and why, the
+histogram of stored train ids, the raw image sizes (`msjax.data.preparation`).
 A bad input stops with one message naming the path and exit status 2.
 """
 
@@ -34,13 +41,26 @@ def parse_args(argv):
         "--config", action="append", help="resolution config (repeatable); default per data set"
     )
     parser.add_argument(
-        "--split-list", action="append", metavar="SPLIT=PATH", help="optional split list file"
+        "--split-list",
+        action="append",
+        metavar="SPLIT=PATH",
+        help="a split's list file (repeatable); replaces the original's lists: only the "
+        "listed splits are prepared. Entries: the original's ids (GTA5 '1' = 00001.png) or "
+        "file stems",
+    )
+    parser.add_argument(
+        "--split-lists",
+        choices=("original", "none"),
+        default="original",
+        help="without --split-list: 'original' (default) uses the original's lists shipped "
+        "with msjax; 'none' uses the folders' own splits (every GTA5/SYNTHIA pair in train)",
     )
     parser.add_argument("--overwrite", action="store_true", help="rebuild prepared configs")
     parser.add_argument(
         "--skip-bad",
         action="store_true",
-        help="skip and list unreadable or size-mismatched pairs instead of stopping",
+        help="skip and list unreadable pairs, and listed pairs missing on disk, instead of "
+        "stopping",
     )
     parser.add_argument("--workers", type=int, default=None, help="decoding threads")
     parser.add_argument(
@@ -63,6 +83,9 @@ def prepare(args) -> None:
     synthetic_all = args.dataset == "synthetic"
     names = list(synthetic.SYNTHETIC_DATASETS) if synthetic_all else [args.dataset]
     split_lists = preparation.parse_split_lists(args.split_list)
+    if split_lists and args.split_lists == "none":
+        raise DataError("--split-lists none and --split-list exclude each other; pass one.")
+    split_lists = split_lists or args.split_lists
     for name in names:
         builders.builder_class(name)
         for config in preparation.expand_configs(name, args.config, builders, args.raw_dir):

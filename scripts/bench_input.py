@@ -150,8 +150,13 @@ def main() -> None:
         make_raw(root, args.images)
     from msjax.data import preparation
 
-    preparation.prepare_one("gta5", "1280x720", root / "tfds", raw_dir=root / "gta5")
-    preparation.prepare_one("cityscapes", "1024x512", root / "tfds", raw_dir=root / "cityscapes")
+    # The fake folders are not the original's files: their own splits (every pair in train).
+    preparation.prepare_one(
+        "gta5", "1280x720", root / "tfds", raw_dir=root / "gta5", split_lists="none"
+    )
+    preparation.prepare_one(
+        "cityscapes", "1024x512", root / "tfds", raw_dir=root / "cityscapes", split_lists="none"
+    )
     cores = os.cpu_count() or 1
     rows = [("msjax tf.data stream", bench_msjax(root / "tfds", args.steps))]
     rows.append(("PIL, 1 process", bench_pil(root, args.images, max(args.steps // 3, 4), 1)))

@@ -43,10 +43,11 @@ CATALOGUE = {
     "unwritable workdir": "is not writable",
     "workdir of another config": "holds a run of another config",
     "corrupted image in a raw folder": "truncated",
+    "listed pair missing from a raw folder": "listed pair(s) are not in",
     ".pth of an unknown layout": "unknown layout",
     "zero or negative batch": "must be an integer >= 1",
     "batch not divisible by the device count": "the global batch must be a positive multiple",
-    "fewer target than source examples": "each stream repeats on its own",
+    "fewer target than source examples": "both streams restart together",
     "disk full while saving": "No space left on device",
     "non-finite loss": "Non-finite",
 }
@@ -63,8 +64,16 @@ def fixture_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("fixture")
     fake_data.make_gta5(root / "raw" / "gta5")
     fake_data.make_cityscapes(root / "raw" / "cityscapes")
-    prepare_one("gta5", "full", str(root / "data"), raw_dir=root / "raw" / "gta5")
-    prepare_one("cityscapes", "full", str(root / "data"), raw_dir=root / "raw" / "cityscapes")
+    prepare_one(
+        "gta5", "full", str(root / "data"), raw_dir=root / "raw" / "gta5", split_lists="none"
+    )
+    prepare_one(
+        "cityscapes",
+        "full",
+        str(root / "data"),
+        raw_dir=root / "raw" / "cityscapes",
+        split_lists="none",
+    )
     return str(root / "data")
 
 
@@ -201,7 +210,7 @@ def test_batch_not_divisible_by_the_device_count_cli(tmp_path):
     )
 
 
-def test_fewer_target_than_source_examples_each_stream_has_its_own_epoch(tmp_path, capsys):
+def test_fewer_target_than_source_examples_both_streams_share_the_shorter_epoch(tmp_path, capsys):
     data = str(tmp_path / "data")
     prepare_one("synthetic_source", "128x64", data, max_examples=12)
     prepare_one("synthetic_target", "128x64", data, max_examples=5)
@@ -210,11 +219,14 @@ def test_fewer_target_than_source_examples_each_stream_has_its_own_epoch(tmp_pat
     out = capsys.readouterr().out
     assert "target: synthetic_target/128x64/train, 5 examples" in out
     assert CATALOGUE["fewer target than source examples"] in out
+    assert "source: synthetic_source/128x64/train, 12 examples on this host, an epoch every 5 " \
+        "steps (the first 5 of 12 batches of a permutation" in out  # fmt: skip
     results = json.load(open(tmp_path / "run" / "results.json"))
-    assert results["data"]["source"]["steps_per_epoch"] == 12
+    # The original's rule (a zip of two loaders): both streams restart after 5 steps.
+    assert results["data"]["source"]["steps_per_epoch"] == 5
     assert results["data"]["target"]["steps_per_epoch"] == 5
-    # The rule: the target stream starts its next (reshuffled) epoch after 5 steps, seeing
-    # each of its examples exactly once per epoch.
+    assert results["data"]["source"]["full_steps_per_epoch"] == 12
+    # The target stream sees each of its examples exactly once per epoch, in a new order.
     stream = make_train_stream(
         dict(dataset="synthetic_target", config="128x64", batch_size=1, data_dir=data,
              flip=False, blur=False, num_classes=19, seed=1),

@@ -20,7 +20,7 @@ def data_dir(tmp_path_factory):
     preparation.prepare_one("synthetic_source", "128x64", d, max_examples=N_EXAMPLES)
     raw = tmp_path_factory.mktemp("raw") / "cityscapes"
     fake_data.make_cityscapes(raw)
-    preparation.prepare_one("cityscapes", "1024x512", d, raw_dir=raw)
+    preparation.prepare_one("cityscapes", "1024x512", d, raw_dir=raw, split_lists="none")
     return d
 
 
@@ -78,6 +78,74 @@ def test_epochs_and_seeds_change_the_order(data_dir):
     assert len(set(e0) & set(e1)) >= 23 and len(set(e0)) == 24
     other = _epoch_order(_stream(data_dir, seed=4, flip=False, blur=False))
     assert other != e0
+
+
+def _ids_by_digest(data_dir):
+    """Example id of each (unaugmented) image digest, from the evaluation stream."""
+    stream = pipeline.make_eval_stream(
+        _cfg(data_dir, split="train", batch_size=5), process_index=0, process_count=1, with_ids=True
+    )
+    return {
+        _digest(im): i.decode() for b in stream for im, i in zip(b["image"], b["id"], strict=True)
+    }
+
+
+def _epochs(stream, n):
+    """The example digests of the next n epochs (batch size 1)."""
+    return [
+        [_digest(next(stream)["image"][0]) for _ in range(stream.steps_per_epoch)] for _ in range(n)
+    ]
+
+
+def test_an_epoch_is_a_fresh_permutation_of_the_whole_split(data_dir):
+    """As the original's DataLoader(shuffle=True): every example once per epoch, new order."""
+    ids = _ids_by_digest(data_dir)
+    s = _stream(data_dir, batch_size=1, flip=False, blur=False)
+    assert s.steps_per_epoch == s.full_steps_per_epoch == N_EXAMPLES
+    epochs = _epochs(s, 3)
+    for epoch in epochs:
+        assert sorted(ids[d] for d in epoch) == sorted(ids.values())
+    assert epochs[0] != epochs[1] != epochs[2]
+    # Not the stored order, and not runs of neighbours in it (the old shard+buffer shuffle
+    # kept consecutive steps in one Cityscapes city): few consecutive pairs stay adjacent.
+    stored = sorted(ids.values())
+    rank = {d: stored.index(ids[d]) for d in ids}
+    adjacent = sum(
+        abs(rank[a] - rank[b]) == 1 for a, b in zip(epochs[0][:-1], epochs[0][1:], strict=True)
+    )
+    assert adjacent <= 8, adjacent
+
+
+def test_epoch_steps_restart_with_the_first_batches_of_a_fresh_permutation(data_dir):
+    """A source stream restarting with each (shorter) target epoch, as the original's zip."""
+    full = _stream(data_dir, batch_size=1, flip=False, blur=False)
+    short = _stream(data_dir, batch_size=1, flip=False, blur=False, epoch_steps=5)
+    assert short.steps_per_epoch == 5 and short.full_steps_per_epoch == N_EXAMPLES
+    whole, firsts = _epochs(full, 3), _epochs(short, 3)
+    # Epoch k of the short stream is the first 5 of epoch k's permutation of the whole split.
+    assert firsts == [epoch[:5] for epoch in whole]
+    assert len({frozenset(e) for e in firsts}) == 3  # each epoch draws anew
+    # Resuming inside and at the start of a short epoch gives the same batches.
+    flat = [d for e in firsts for d in e]
+    for start in (3, 5, 12):
+        resumed = _stream(data_dir, batch_size=1, flip=False, blur=False, epoch_steps=5,
+                          start_step=start)  # fmt: skip
+        assert [_digest(next(resumed)["image"][0]) for _ in range(15 - start)] == flat[start:]
+
+
+def test_trainer_epoch_rule():
+    """Adaptation: both streams turn epochs after the shorter split; source-only: <= 5000."""
+    from msjax.configlib import base_config
+    from msjax.training.run import epoch_steps
+
+    c = base_config()
+    assert epoch_steps(c, {"source": 12403, "target": 2975}) == {"source": 2975, "target": 2975}
+    assert epoch_steps(c, {"source": 2975, "target": 3200}) == {"source": 2975, "target": 2975}
+    assert epoch_steps(c, {"source": 12403}) == {"source": 5000}
+    assert epoch_steps(c, {"source": 2975}) == {"source": 2975}
+    c.epochs.shared, c.epochs.source_only_max_steps = False, 0
+    assert epoch_steps(c, {"source": 12403, "target": 2975}) == {"source": 12403, "target": 2975}
+    assert epoch_steps(c, {"source": 12403}) == {"source": 12403}
 
 
 def test_train_sharding_is_disjoint(data_dir):
@@ -223,6 +291,10 @@ def test_config_errors(data_dir):
         )
     with pytest.raises(DataError, match="fewer than batch_size"):
         _stream(data_dir, batch_size=30)
+    with pytest.raises(DataError, match="epoch_steps=7 is more than a full pass"):
+        _stream(data_dir, epoch_steps=7)  # 6 batches of 4
+    with pytest.raises(DataError, match="epoch_steps=-1"):
+        _stream(data_dir, epoch_steps=-1)
 
 
 def test_config_from_dataclass_and_defaults(data_dir):

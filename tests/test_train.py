@@ -144,8 +144,8 @@ def test_end_to_end_on_fixture_gta5_and_cityscapes(tmp_path):
     fake_data.make_gta5(raw / "gta5")
     fake_data.make_cityscapes(raw / "cityscapes")
     data_dir = str(tmp_path / "data")
-    prepare_one("gta5", "full", data_dir, raw_dir=raw / "gta5")
-    prepare_one("cityscapes", "full", data_dir, raw_dir=raw / "cityscapes")
+    prepare_one("gta5", "full", data_dir, raw_dir=raw / "gta5", split_lists="none")
+    prepare_one("cityscapes", "full", data_dir, raw_dir=raw / "cityscapes", split_lists="none")
     c = load_config("gta2city", "maxsquare,smoke")
     c.data_dir = data_dir
     c.source.config = c.target.config = c.eval.config = "full"

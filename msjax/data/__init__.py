@@ -1,4 +1,4 @@
-"""Data layer of msjax: label tables, raw-folder layouts, TFDS builders, the input pipeline.
+"""Data layer of msjax: label tables, raw-folder layouts, split lists, TFDS builders, the pipeline.
 
 Importing this package is cheap and never imports TensorFlow: the GPU machines that train
 have no TensorFlow, and the model code only needs `labels` and `normalize`. The TFDS

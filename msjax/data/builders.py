@@ -36,7 +36,7 @@ _PNG_LEVEL = 3  # Build speed over a few % of disk: PNG decode speed barely depe
 
 
 class BadPairError(DataError):
-    """One pair cannot be used: unreadable, truncated, or label and image sizes differ."""
+    """One pair cannot be used: an unreadable or truncated file, or a label of many channels."""
 
 
 @dataclasses.dataclass
@@ -49,6 +49,7 @@ class Stats:
     outside_pixels: int = 0
     outside_files: int = 0
     bad: list = dataclasses.field(default_factory=list)  # (image path, message), --skip-bad
+    resized_labels: list = dataclasses.field(default_factory=list)  # label paths
 
 
 class Config(tfds.core.BuilderConfig):
@@ -109,6 +110,27 @@ def _read_label_ids(path: Path, table: str) -> np.ndarray:
         raise BadPairError(f"cannot read label {path}: {e} (unreadable or truncated PNG).") from e
 
 
+def split_lists_metadata(layout) -> dict | str | None:
+    """What defined the splits, as stored in the prepared data set's metadata.
+
+    Args:
+      layout: the datasets.Layout being prepared, or None (synthetic sets, or a builder
+        opened to read: TFDS then restores the stored value).
+
+    Returns:
+      split -> "LIST (N listed, M missing on disk)", "none" (the folders' own splits), or
+      None.
+    """
+    if layout is None:
+        return None
+    if not layout.lists:
+        return "none"
+    return {
+        split: f"{r.name} ({r.listed} listed, {len(r.missing)} missing on disk)"
+        for split, r in sorted(layout.lists.items())
+    }
+
+
 def _png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", compress_level=_PNG_LEVEL)
@@ -134,23 +156,25 @@ def process_pair(pair: datasets.Pair, table: str, size) -> tuple[dict, dict]:
         train_ids = np.full((h, w), labels.IGNORE, np.uint8)
     else:
         ids = _read_label_ids(pair.label, table)
-        if ids.shape != (h, w):
-            raise BadPairError(
-                f"label {pair.label} is {ids.shape[1]}x{ids.shape[0]} but its image "
-                f"{pair.image} is {w}x{h} (width x height); they must match."
-            )
         # Values the table does not define become ignore; they are counted, not fatal.
         outside = int(np.count_nonzero(ids > labels.max_defined_id(table)))
         lut = labels.id_to_train_id_lut(table)
         train_ids = lut[np.minimum(ids, 255).astype(np.intp)]
     label_img = Image.fromarray(train_ids)
-    if size is not None and tuple(size) != raw_size:
-        image = image.resize(tuple(size), Image.BICUBIC)
-        label_img = label_img.resize(tuple(size), Image.NEAREST)
+    # Image and label are each resized straight to the stored size, as the original resizes
+    # each to the crop size; so a label of another size than its image is resized like any
+    # other, not dropped. `full` configs resize such a label to its image's size.
+    target = tuple(size) if size is not None else raw_size
+    if image.size != target:
+        image = image.resize(target, Image.BICUBIC)
+    size_mismatch = label_img.size != raw_size
+    if label_img.size != target:
+        label_img = label_img.resize(target, Image.NEAREST)
     label = np.asarray(label_img)
     example = {"image": _png(np.asarray(image)), "label": _png(label), "id": pair.key}
     stats = {
         "raw_size": raw_size,
+        "size_mismatch": size_mismatch,
         "outside": outside,
         "hist": np.bincount(label.ravel(), None, 256),
     }
@@ -171,9 +195,9 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def __init__(
         self, *args, layout=None, progress=None, num_workers=None, skip_bad=False, **kwargs
     ):
+        self.layout = layout  # before TFDS's __init__, which builds the info (_info) from it
         super().__init__(*args, **kwargs)
-        self.layout = layout
-        # False: the first unreadable or mismatched pair stops the build (nothing is written).
+        # False: the first unreadable pair stops the build (nothing is written).
         # True: such pairs are skipped and listed in the summary (GTA5 ships a few).
         self.skip_bad = skip_bad
         self.progress = progress  # callable(iterable, total) -> iterable (a progress bar), or None
@@ -196,7 +220,9 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             ),
             supervised_keys=("image", "label"),
             metadata=tfds.core.MetadataDict(
-                size=list(size) if size else None, label_space="cityscapes_train_ids_19"
+                size=list(size) if size else None,
+                label_space="cityscapes_train_ids_19",
+                split_lists=split_lists_metadata(self.layout),
             ),
         )
 
@@ -232,6 +258,8 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     self.stats.bad.append((pair.image, stats))
                     continue
                 self.stats.raw_sizes[stats["raw_size"]] += 1
+                if stats["size_mismatch"]:
+                    self.stats.resized_labels.append(pair.label)
                 self.stats.histogram += stats["hist"]
                 self.stats.outside_pixels += stats["outside"]
                 self.stats.outside_files += bool(stats["outside"])
@@ -239,8 +267,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 yield pair.key, example
         if pairs and not kept:
             raise DataError(
-                f"{self.DATASET}: every pair of a split was unreadable or mismatched, e.g. "
-                f"{self.stats.bad[0][1]}"
+                f"{self.DATASET}: every pair of a split was unreadable, e.g. {self.stats.bad[0][1]}"
             )
 
 

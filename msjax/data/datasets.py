@@ -1,17 +1,18 @@
 """Raw download layouts: which (image, label) pairs a user's raw folder holds, per split.
 
 Nothing here reads pixels or imports TensorFlow: it walks folders, pairs images with labels,
-applies optional split lists, and records every file it had to skip and why, so that
-`python -m msjax.prepare` can report them. Layouts: docs/original.md, "Data sets and label
-maps".
+applies split lists (msjax.data.split_lists), and records every file it had to skip and why,
+so that `python -m msjax.prepare` can report them. Layouts: docs/data.md.
 """
 
 import dataclasses
 import re
 from pathlib import Path
 
+from msjax.data.split_lists import entry_key, resolve
 from msjax.errors import DataError
 
+MAX_NAMED = 3  # missing listed files an error message names (then a count)
 NTHU_CITIES = ("rome", "rio", "tokyo", "taipei")
 
 EXPECTED_LAYOUT = {
@@ -49,10 +50,27 @@ class Layout:
     Attributes:
       splits: split name -> pairs, sorted by key.
       skipped: (path, reason) for every file that could not be paired or was not listed.
+      lists: split -> how its list matched; empty when the folders define the splits.
     """
 
     splits: dict[str, list[Pair]]
     skipped: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    lists: dict[str, "ListReport"] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class ListReport:
+    """How one split list matched a raw folder.
+
+    Attributes:
+      name: the list, as reports name it ("original gta5/train.txt" or the user's path).
+      listed: entries in the list.
+      missing: (entry, expected file) of each entry without an image/label pair on disk.
+    """
+
+    name: str
+    listed: int
+    missing: list[tuple[str, Path]]
 
 
 def _missing(dataset: str, root: Path, what: Path) -> DataError:
@@ -81,72 +99,99 @@ def _pair_up(images: dict, labels: dict, skipped: list) -> list[Pair]:
     return [Pair(k, images[k], labels[k]) for k in sorted(set(images) & set(labels))]
 
 
-def read_split_list(path: Path) -> list[str]:
-    """Reads a split list as the original uses (one example per line).
+def _absent(paths) -> Path:
+    """The first of a pair's expected files that does not exist (else the image)."""
+    paths = [p for p in paths if p is not None]
+    return next((p for p in paths if not p.exists()), paths[0])
 
-    A line may be a bare id (`00001`), a file name (`00001.png`) or a relative path
-    (`frankfurt/frankfurt_000000_000294_leftImg8bit.png`); only the key is kept.
+
+def _missing_error(dataset: str, root: Path, reports: dict) -> DataError:
+    total = sum(len(r.missing) for r in reports.values())
+    parts = []
+    for split, r in reports.items():
+        if r.missing:
+            shown = ", ".join(f"{entry!r} ({path})" for entry, path in r.missing[:MAX_NAMED])
+            more = f" and {len(r.missing) - MAX_NAMED} more" if len(r.missing) > MAX_NAMED else ""
+            parts.append(
+                f"{split} ({r.name}): {len(r.missing)} of {r.listed} missing: {shown}{more}"
+            )
+    return DataError(
+        f"{dataset}: {total} listed pair(s) are not in {root}; " + "; ".join(parts) + ". Pass "
+        "--skip-bad to prepare the listed pairs that are there (the summary lists the missing "
+        "ones), --split-list SPLIT=PATH to give your own lists, or --split-lists none to use "
+        "the folders' own splits."
+    )
+
+
+def _apply_split_lists(dataset, pools, lists, skipped, expect) -> tuple[dict, dict]:
+    """Each split's listed pairs; (splits, split -> ListReport). Unlisted pairs are skipped.
+
+    An entry that names its folder split (Cityscapes `val_...`) is looked up there; others in
+    the folder split of the list's name first (NTHU stems recur in Train and Test), then in
+    any.
+    """
+    by_folder = {name: {p.key: p for p in pairs} for name, pairs in pools.items()}
+    splits, reports, used = {}, {}, set()
+    for split, lst in lists.items():
+        chosen, missing, seen = [], [], set()
+        for entry in lst.entries:
+            folder, key = entry_key(dataset, entry)
+            if key in seen:
+                skipped.append((Path(lst.name), f"listed twice, kept once: {entry!r}"))
+                continue
+            seen.add(key)
+            order = [folder] if folder else [split, *by_folder]
+            pair = next((by_folder[f][key] for f in order if key in by_folder.get(f, {})), None)
+            if pair is None:
+                missing.append((entry, _absent(expect(folder or split, key))))
+            else:
+                chosen.append(pair)
+                used.add(id(pair))
+        splits[split] = sorted(chosen, key=lambda p: p.key)
+        reports[split] = ListReport(lst.name, len(lst.entries), missing)
+    for pairs in pools.values():
+        skipped.extend((p.image, "not in any split list") for p in pairs if id(p) not in used)
+    return splits, reports
+
+
+def _layout(dataset, root, pools, lists, skipped, expect, skip_missing) -> Layout:
+    """The splits as the folders give them, or, with split lists, the listed pairs.
 
     Args:
-      path: the list file.
-
-    Returns:
-      The keys in file order.
+      pools: folder split -> pairs found there.
+      lists: split -> SplitList, or None.
+      expect: (folder split, key) -> the pair's expected (image, label or None) paths.
+      skip_missing: False: a listed pair missing on disk is an error naming it; True: it is
+        recorded in `skipped`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"split list {path} does not exist or is not a file.")
-    keys = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            name = Path(line.split()[0]).name
-            name = re.sub(r"(_leftImg8bit|_gtFine_labelIds|_eval)?\.(png|jpe?g)$", "", name)
-            keys.append(name)
-    return keys
+    if lists is None:
+        return Layout(pools, skipped)
+    splits, reports = _apply_split_lists(dataset, pools, lists, skipped, expect)
+    if any(r.missing for r in reports.values()):
+        if not skip_missing:
+            raise _missing_error(dataset, root, reports)
+        for r in reports.values():
+            skipped.extend((path, "listed but not on disk (--skip-bad)") for _, path in r.missing)
+    return Layout(splits, skipped, reports)
 
 
-def _apply_split_lists(
-    pairs: list[Pair], split_lists: dict[str, Path], skipped: list
-) -> dict[str, list[Pair]]:
-    by_key = {p.key: p for p in pairs}
-    out = {}
-    listed = set()
-    for split, list_path in sorted(split_lists.items()):
-        chosen = []
-        for key in read_split_list(list_path):
-            if key in by_key:
-                chosen.append(by_key[key])
-                listed.add(key)
-            else:
-                skipped.append((Path(list_path), f"listed id {key!r} has no image/label pair"))
-        out[split] = sorted(chosen, key=lambda p: p.key)
-    for key in sorted(set(by_key) - listed):
-        skipped.append((by_key[key].image, "not in any split list"))
-    return out
-
-
-def _layout(splits: dict[str, list[Pair]], split_lists, skipped: list) -> Layout:
-    """The splits as found, or, with split lists, the listed pairs out of all found ones."""
-    if split_lists:
-        pooled = [p for pairs in splits.values() for p in pairs]
-        return Layout(_apply_split_lists(pooled, split_lists, skipped), skipped)
-    return Layout(splits, skipped)
-
-
-def _flat_layout(dataset, root, image_dir, label_dir, image_re, label_re, split_lists):
-    """GTA5 and SYNTHIA: two flat folders of images and labels with matching names."""
+def _flat_layout(dataset, root, image_dir, label_dir, lists, skip_missing):
+    """GTA5 and SYNTHIA: two flat folders of PNG images and labels with matching names."""
     for folder in (image_dir, label_dir):
         if not (root / folder).is_dir():
             raise _missing(dataset, root, root / folder)
     skipped: list = []
     pairs = _pair_up(
-        _files(root / image_dir, image_re), _files(root / label_dir, label_re), skipped
+        _files(root / image_dir, r"\.png"), _files(root / label_dir, r"\.png"), skipped
     )
-    return _layout({"train": pairs}, split_lists, skipped)
+
+    def expect(_, key):
+        return root / image_dir / f"{key}.png", root / label_dir / f"{key}.png"
+
+    return _layout(dataset, root, {"train": pairs}, lists, skipped, expect, skip_missing)
 
 
-def _cityscapes_layout(root: Path, split_lists) -> Layout:
+def _cityscapes_layout(root: Path, lists, skip_missing) -> Layout:
     skipped: list = []
     all_pairs: dict[str, list[Pair]] = {}
     for top in ("leftImg8bit", "gtFine"):
@@ -165,7 +210,15 @@ def _cityscapes_layout(root: Path, split_lists) -> Layout:
         all_pairs[split] = _pair_up(images, labels, skipped)
     if not all_pairs:
         raise _missing("cityscapes", root, root / "leftImg8bit" / "train")
-    return _layout(all_pairs, split_lists, skipped)
+
+    def expect(split, key):
+        city = key.split("_")[0]
+        return (
+            root / "leftImg8bit" / split / city / f"{key}_leftImg8bit.png",
+            root / "gtFine" / split / city / f"{key}_gtFine_labelIds.png",
+        )
+
+    return _layout("cityscapes", root, all_pairs, lists, skipped, expect, skip_missing)
 
 
 def _nthu_city_dir(root: Path, city: str) -> Path:
@@ -183,7 +236,7 @@ def _nthu_city_dir(root: Path, city: str) -> Path:
     raise _missing("nthu", root, root / city.capitalize())
 
 
-def _nthu_layout(root: Path, city: str, split_lists) -> Layout:
+def _nthu_layout(root: Path, city: str, lists, skip_missing) -> Layout:
     city_dir = _nthu_city_dir(root, city)
     skipped: list = []
     splits = {}
@@ -202,24 +255,36 @@ def _nthu_layout(root: Path, city: str, split_lists) -> Layout:
         )
     if not splits:
         raise _missing("nthu", root, city_dir / "Images" / "Train")
-    return _layout(splits, split_lists, skipped)
+
+    def expect(split, key):
+        image = city_dir / "Images" / split.capitalize() / f"{key}.jpg"
+        return image, (label_dir / f"{key}_eval.png" if split == "test" else None)
+
+    return _layout("nthu", root, splits, lists, skipped, expect, skip_missing)
 
 
-def discover(dataset: str, raw_dir, city: str | None = None, split_lists=None) -> Layout:
+def discover(
+    dataset: str, raw_dir, city: str | None = None, split_lists=None, skip_missing=False
+) -> Layout:
     """Finds the (image, label) pairs of a raw data set folder.
 
     Args:
       dataset: "gta5", "synthia", "cityscapes" or "nthu".
       raw_dir: the user's raw folder, in the data set's download layout.
       city: NTHU city (rome, rio, tokyo, taipei); ignored by the other data sets.
-      split_lists: optional mapping split name -> list file; when given, exactly the listed
-        examples go to each split and the unlisted ones are reported as skipped.
+      split_lists: None or "none" (the folders' own splits: Cityscapes train/val, NTHU
+        train/test, every GTA5/SYNTHIA pair in train), "original" (the original's lists,
+        shipped with msjax), or a mapping split -> list file. With lists, exactly the listed
+        pairs go to each split and the unlisted ones are reported as skipped.
+      skip_missing: with lists, record listed pairs that are not on disk in `skipped`
+        instead of raising (`--skip-bad`).
 
     Returns:
       A Layout with at least one non-empty split.
 
     Raises:
-      DataError: the folder is missing, lacks the layout, or holds no usable pair.
+      DataError: the folder is missing, lacks the layout, or holds no usable pair; or a
+        listed pair is missing and not `skip_missing`.
     """
     if dataset not in EXPECTED_LAYOUT:
         raise DataError(f"unknown data set {dataset!r}; valid: {sorted(EXPECTED_LAYOUT)}.")
@@ -228,19 +293,17 @@ def discover(dataset: str, raw_dir, city: str | None = None, split_lists=None) -
         raise DataError(
             f"{dataset}: raw folder {root} does not exist. Expected: {EXPECTED_LAYOUT[dataset]}."
         )
-    split_lists = {k: Path(v) for k, v in (split_lists or {}).items()}
+    if dataset == "nthu" and city not in NTHU_CITIES:
+        raise DataError(f"nthu: unknown city {city!r}; valid: {list(NTHU_CITIES)}.")
+    lists = resolve(dataset, split_lists, city)
     if dataset == "gta5":
-        layout = _flat_layout(dataset, root, "images", "labels", r"\.png", r"\.png", split_lists)
+        layout = _flat_layout(dataset, root, "images", "labels", lists, skip_missing)
     elif dataset == "synthia":
-        layout = _flat_layout(
-            dataset, root, "RGB", Path("GT") / "LABELS", r"\.png", r"\.png", split_lists
-        )
+        layout = _flat_layout(dataset, root, "RGB", Path("GT") / "LABELS", lists, skip_missing)
     elif dataset == "cityscapes":
-        layout = _cityscapes_layout(root, split_lists)
+        layout = _cityscapes_layout(root, lists, skip_missing)
     else:
-        if city not in NTHU_CITIES:
-            raise DataError(f"nthu: unknown city {city!r}; valid: {list(NTHU_CITIES)}.")
-        layout = _nthu_layout(root, city, split_lists)
+        layout = _nthu_layout(root, city, lists, skip_missing)
     layout.splits = {k: v for k, v in layout.splits.items() if v}
     if not layout.splits:
         reasons = "; ".join(f"{p}: {why}" for p, why in layout.skipped[:5])

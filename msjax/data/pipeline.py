@@ -2,10 +2,14 @@
 
 Training streams are pure functions of (config, seed, step):
 - each host reads a contiguous, disjoint slice of the split (every example on exactly one host);
-- an epoch's order comes from file-order and buffer shuffles seeded by (seed, epoch, host);
+- every epoch is a fresh permutation of that whole slice, drawn from (seed, host, epoch), as the
+  original's shuffling DataLoader; an epoch may use only its first `epoch_steps` batches (the
+  trainer sets them so that a source stream restarts with each target epoch, docs/data.md);
+- records are read by their byte offsets in the prepared TFRecord files, so any order costs
+  the same and a stream started at step k reads nothing before it;
 - every example's augmentation is keyed by (seed, host, epoch, position), with stateless ops;
-- a stream started at step k skips the encoded records of the first k batches and then yields
-  exactly the batches an uninterrupted run would have yielded from step k on.
+- a stream started at step k yields exactly the batches an uninterrupted run would have
+  yielded from step k on.
 
 Batches are dicts of numpy arrays: `image` float32 [B, H, W, 3], normalised for the weights
 (`normalize`), and `label` int32 [B, H, W] in the requested class subset (255 = ignore).
@@ -15,6 +19,8 @@ TensorFlow only ever sees the CPU.
 
 import dataclasses
 import math
+import os
+import struct
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -31,6 +37,7 @@ __all__ = [
     "DataConfig",
     "NORMALIZATIONS",
     "denormalize",
+    "full_epoch_steps",
     "make_eval_stream",
     "make_sharded_train_stream",
     "make_train_stream",
@@ -61,7 +68,8 @@ class DataConfig:
       blur: random Gaussian blur, radius U[0, 1), p=0.5.
       random_scale: (min, max) random rescale factor, or None (the original: None).
       crop_size: (width, height) random crop after scaling, or None (the original: None).
-      shuffle_buffer: examples in the shuffle buffer (the files are shuffled too).
+      epoch_steps: batches per epoch: each epoch is a fresh permutation of the host's slice,
+        of which the first `epoch_steps` batches are used; 0: all of them (a full pass).
       data_dir: folder given to `python -m msjax.prepare --data-dir`.
     """
 
@@ -76,7 +84,7 @@ class DataConfig:
     blur: bool = True
     random_scale: tuple[float, float] | None = None
     crop_size: tuple[int, int] | None = None
-    shuffle_buffer: int = 256
+    epoch_steps: int = 0
     data_dir: str | None = None
 
     @classmethod
@@ -127,6 +135,8 @@ class DataConfig:
             )
         if self.batch_size < 1:
             raise DataError(f"data.batch_size={self.batch_size} must be at least 1.")
+        if not isinstance(self.epoch_steps, int) or self.epoch_steps < 0:
+            raise DataError(f"data.epoch_steps={self.epoch_steps!r} must be an integer >= 0.")
 
 
 def _process(process_index, process_count) -> tuple[int, int]:
@@ -140,17 +150,73 @@ def _process(process_index, process_count) -> tuple[int, int]:
     return process_index, process_count
 
 
-def _host_slice(builder, split: str, index: int, count: int) -> tuple[str, int, int]:
-    """The contiguous slice of a split this host reads: (split spec, size, total size)."""
+def _split_size(builder, split: str) -> int:
     splits = builder.info.splits
     if split not in splits:
         raise DataError(
             f"{builder.name}/{builder.builder_config.name} has no split {split!r}; "
             f"prepared splits: {sorted(splits)}."
         )
-    total = splits[split].num_examples
+    return splits[split].num_examples
+
+
+def _host_slice(builder, split: str, index: int, count: int) -> tuple[str, int, int]:
+    """The contiguous slice of a split this host reads: (split spec, size, total size)."""
+    total = _split_size(builder, split)
     lo, hi = total * index // count, total * (index + 1) // count
     return f"{split}[{lo}:{hi}]", hi - lo, total
+
+
+def _full_steps(cfg: DataConfig, total: int, count: int) -> int:
+    """Batches in a full pass of the smallest of `count` host slices of `total` examples."""
+    steps = (total // count) // cfg.batch_size
+    if steps == 0:
+        raise DataError(
+            f"{cfg.dataset}/{cfg.config} split {cfg.split!r} gives each of {count} "
+            f"hosts at least {total // count} examples, fewer than batch_size={cfg.batch_size}."
+        )
+    return steps
+
+
+def full_epoch_steps(cfg, shards: int = 1) -> int:
+    """Batches per epoch of a full pass over each of `shards` slices of a training split.
+
+    Args:
+      cfg: DataConfig fields (dataset, config, split, batch_size of one shard, data_dir).
+      shards: how many slices the split is cut into.
+
+    Returns:
+      The smallest slice's size divided by the batch size (what `epoch_steps=0` gives).
+    """
+    cfg = DataConfig.create(cfg)
+    builder = builders.load_builder(cfg.dataset, cfg.config, cfg.data_dir)
+    return _full_steps(cfg, _split_size(builder, cfg.split), shards)
+
+
+def _record_offsets(path: str, count: int) -> tuple[list[tuple[int, int]], int]:
+    """(data offset, data length) of the first `count` records of a TFRecord file; its size.
+
+    A TFRecord record is: length (uint64, little-endian), its CRC (4 bytes), the data, the
+    data's CRC (4 bytes). Only the 12-byte headers are read: unbuffered for local files
+    (a buffered reader would read ahead a buffer per header), through TensorFlow's file
+    system for remote ones (gs://...).
+    """
+    out = []
+    local = "://" not in path
+    with open(path, "rb", buffering=0) if local else tf.io.gfile.GFile(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size if local else f.size()
+        pos = 0
+        for _ in range(count):
+            f.seek(pos)
+            header = f.read(12)
+            if len(header) < 12:
+                raise DataError(f"{path} ends after {len(out)} records; expected {count}.")
+            (length,) = struct.unpack("<Q", header[:8])
+            out.append((pos + 12, length))
+            pos += 12 + length + 4
+    if pos > size:
+        raise DataError(f"{path} is truncated ({size} bytes; its records need {pos}).")
+    return out, size
 
 
 def _derive_seed(*words: int) -> int:
@@ -188,8 +254,9 @@ class TrainStream(Iterator):
 
     Attributes:
       step: the step of the next batch.
-      steps_per_epoch: batches per epoch, equal on every host (the smallest host slice
-        divided by the batch size; the remainder of each epoch is dropped).
+      steps_per_epoch: batches per epoch, equal on every host: `cfg.epoch_steps`, or with 0
+        a full pass (the smallest host slice divided by the batch size).
+      full_steps_per_epoch: batches of a full pass; the rest of each permutation is dropped.
       num_examples: examples in this host's slice.
       host_split: this host's slice as a split spec, e.g. "train[0:1487]".
     """
@@ -201,23 +268,17 @@ class TrainStream(Iterator):
             self.builder, cfg.split, process_index, process_count
         )
         # The smallest host slice sets the epoch length, so every host turns epochs together.
-        self.steps_per_epoch = (total // process_count) // cfg.batch_size
-        if self.steps_per_epoch == 0:
+        self.full_steps_per_epoch = _full_steps(cfg, total, process_count)
+        if cfg.epoch_steps > self.full_steps_per_epoch:
             raise DataError(
-                f"{cfg.dataset}/{cfg.config} split {cfg.split!r} gives each of {process_count} "
-                f"hosts at least {total // process_count} examples, fewer than "
-                f"batch_size={cfg.batch_size}."
+                f"data.epoch_steps={cfg.epoch_steps} is more than a full pass of "
+                f"{cfg.dataset}/{cfg.config}/{cfg.split} ({self.full_steps_per_epoch} batches "
+                f"of {cfg.batch_size} on each of {process_count} hosts)."
             )
+        self.steps_per_epoch = cfg.epoch_steps or self.full_steps_per_epoch
         self.step = int(start_step)
         self._iter = None
-        # The host slice as (file, skip, take) triples: epochs shuffle the file order, then
-        # interleave files and shuffle records through a buffer.
-        instructions = self.builder.info.splits[self._spec].file_instructions
-        self._files = (
-            [fi.filename for fi in instructions],
-            [fi.skip for fi in instructions],
-            [fi.take if fi.take >= 0 else fi.examples_in_shard - fi.skip for fi in instructions],
-        )
+        self._index = None  # the slice's records by byte offset, read on first use
         self._order_seed = _derive_seed(cfg.seed, process_index, 0)
         crop = cfg.crop_size
         self._aug = dict(
@@ -232,38 +293,71 @@ class TrainStream(Iterator):
     def host_split(self) -> str:
         return self._spec
 
-    def _records(self, epoch):
-        """Encoded records of one epoch (a tf.int64 scalar), in that epoch's order."""
-        cfg = self.cfg
-        # One seed per (seed, host, epoch): a stateless draw, so it is a tensor inside the
-        # epoch chain and the same in every run.
-        seeds = tf.random.stateless_uniform(
-            [2], seed=tf.stack([tf.constant(self._order_seed, tf.int64), epoch]),
-            minval=0, maxval=2**31 - 1, dtype=tf.int64,
-        )  # fmt: skip
-        names, skips, takes = self._files
-        files = tf.data.Dataset.from_tensor_slices(
-            (tf.constant(names), tf.constant(skips, tf.int64), tf.constant(takes, tf.int64))
+    def _record_index(self) -> dict:
+        """The host slice's records in stored order: file, byte offset, length, footer."""
+        if self._index is None:
+            names, file_of, offsets, lengths, footers = [], [], [], [], []
+            for fi in self.builder.info.splits[self._spec].file_instructions:
+                take = fi.take if fi.take >= 0 else fi.examples_in_shard - fi.skip
+                records, size = _record_offsets(fi.filename, fi.skip + take)
+                for offset, length in records[fi.skip :]:
+                    file_of.append(len(names))
+                    offsets.append(offset)
+                    lengths.append(length)
+                    footers.append(size - offset - length)
+                names.append(fi.filename)
+            if len(offsets) != self.num_examples:
+                raise DataError(
+                    f"{self._spec} of {self.builder.data_dir} holds {len(offsets)} records; "
+                    f"its metadata says {self.num_examples}. Prepare it again with --overwrite."
+                )
+            self._index = dict(
+                names=names, file_of=file_of, offsets=offsets, lengths=lengths, footers=footers
+            )
+        return self._index
+
+    def _positions(self, epoch):
+        """(epoch, position, record index) of one epoch's examples (epoch: tf.int64 scalar)."""
+        n = self.num_examples
+        # A fresh permutation of the whole slice per (seed, host, epoch): a stateless draw, so
+        # it is the same in every run and needs no state to resume.
+        seed = tf.stack([tf.constant(self._order_seed, tf.int64), epoch])
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=seed)
+        order = order[: self.steps_per_epoch * self.cfg.batch_size]
+        ds = tf.data.Dataset.from_tensor_slices(order).enumerate()
+        return ds.map(lambda position, index: (epoch, position, index))
+
+    def _read_records(self, ds):
+        """Maps (epoch, position, index) to (epoch, position, encoded record), in order."""
+        idx = self._record_index()
+        names = tf.constant(idx["names"])
+        file_of = tf.constant(idx["file_of"], tf.int64)
+        offsets, lengths, footers = (
+            tf.constant(idx[k], tf.int64) for k in ("offsets", "lengths", "footers")
         )
-        files = files.shuffle(len(names), seed=seeds[0], reshuffle_each_iteration=False)
-        records = files.interleave(
-            lambda name, skip, take: tf.data.TFRecordDataset(name).skip(skip).take(take),
-            cycle_length=min(4, len(names)),
-            block_length=1,
-            num_parallel_calls=min(4, len(names)),
-            deterministic=True,
+
+        def one(epoch, position, index):
+            # One record at a known byte range: a fixed-length read with the bytes before it
+            # as "header" and those after it as "footer".
+            record = tf.data.FixedLengthRecordDataset(
+                tf.gather(names, tf.gather(file_of, index)),
+                record_bytes=tf.gather(lengths, index),
+                header_bytes=tf.gather(offsets, index),
+                footer_bytes=tf.gather(footers, index),
+            )
+            return record.map(lambda r: (epoch, position, r))
+
+        return ds.interleave(
+            one, cycle_length=4, block_length=1, num_parallel_calls=4, deterministic=True
         )
-        records = records.shuffle(cfg.shuffle_buffer, seed=seeds[1], reshuffle_each_iteration=False)
-        records = records.take(self.steps_per_epoch * cfg.batch_size).enumerate()
-        return records.map(lambda position, record: (epoch, position, record))
 
     def dataset(self, start_step: int = 0):
         """The tf.data pipeline of every batch from `start_step` on (epochs chained inside)."""
         cfg = self.cfg
         epoch0, first = divmod(int(start_step), self.steps_per_epoch)
-        ds = tf.data.Dataset.range(epoch0, 2**40).flat_map(self._records)
-        # Skipping happens on encoded records, before any decoding: resuming is cheap.
-        ds = ds.skip(first * cfg.batch_size)
+        ds = tf.data.Dataset.range(epoch0, 2**40).flat_map(self._positions)
+        # Skipping happens on record indices, before anything is read: resuming is cheap.
+        ds = self._read_records(ds.skip(first * cfg.batch_size))
         aug_seed = tf.constant(self._aug_seed, tf.int64)
         epoch_len = tf.constant(self.steps_per_epoch * cfg.batch_size, tf.int64)
         features = {
@@ -333,7 +427,7 @@ class ShardedTrainStream:
     shards, 1, 2 or `shards` processes train on the same global batches.
 
     Attributes:
-      cfg, steps_per_epoch: as TrainStream (equal for every shard).
+      cfg, steps_per_epoch, full_steps_per_epoch: as TrainStream (equal for every shard).
       num_examples: examples in this process's shards.
       host_split: this process's slices, e.g. "train[0:12] + train[12:24]".
     """
@@ -342,6 +436,7 @@ class ShardedTrainStream:
         self.streams = streams
         self.cfg = streams[0].cfg
         self.steps_per_epoch = streams[0].steps_per_epoch
+        self.full_steps_per_epoch = streams[0].full_steps_per_epoch
         self.num_examples = sum(s.num_examples for s in streams)
         self.host_split = " + ".join(s.host_split for s in streams)
 

@@ -2,7 +2,8 @@
 
 `prepare_one(dataset, config, data_dir, raw_dir)` builds one config of one data set and
 returns a summary; `format_summary` turns it into the closing report of
-`python -m msjax.prepare` (pairs prepared and skipped with the reason, the stored label
+`python -m msjax.prepare` (pairs prepared, the list that defined each split and how many
+listed pairs were missing on disk, pairs skipped with the reason, the stored label
 histogram, the raw image sizes). TFDS writes into a temporary folder renamed at the end,
 so a failed run leaves nothing half-written.
 """
@@ -79,7 +80,7 @@ def prepare_one(
     config: str,
     data_dir,
     raw_dir=None,
-    split_lists=None,
+    split_lists="original",
     overwrite: bool = False,
     progress: bool = False,
     num_workers: int | None = None,
@@ -93,17 +94,23 @@ def prepare_one(
       config: a config name of that builder.
       data_dir: output folder (TFDS data_dir).
       raw_dir: the raw download folder (not used by the synthetic sets).
-      split_lists: optional split name -> list file.
+      split_lists: which lists define the splits: "original" (the original's lists, shipped
+        with msjax: GTA5 and SYNTHIA train/val, Cityscapes train/val, NTHU train/test),
+        "none" or None (the folders' own splits; every GTA5/SYNTHIA pair in train), or a
+        mapping split -> list file (only those splits). Ignored by the synthetic sets.
       overwrite: rebuild even if already prepared.
       progress: show a progress bar.
       num_workers: decoding threads (default: CPU count, at most 16).
       max_examples: keep at most this many examples per split (quick tests and demos).
-      skip_bad: skip (and list) unreadable or size-mismatched pairs instead of stopping.
+      skip_bad: skip (and list) unreadable pairs, and listed pairs missing on disk, instead
+        of stopping.
 
     Returns:
-      A summary dict: dataset, config, path, splits (name -> count), skipped ((path, reason)
-      list), histogram (256 pixel counts of train ids), outside_pixels, outside_files,
-      raw_sizes (Counter of (w, h)), already (True if nothing was built).
+      A summary dict: dataset, config, path, splits (name -> count), split_lists (what
+      defined the splits: builders.split_lists_metadata), skipped ((path, reason) list),
+      resized_labels (labels of another size than their image), histogram (256 pixel
+      counts of train ids), outside_pixels, outside_files, raw_sizes (Counter of (w, h)),
+      already (True if nothing was built).
     """
     from msjax.data import builders
 
@@ -117,7 +124,9 @@ def prepare_one(
                 f"{dataset}: RAW_DIR is required ({datasets.EXPECTED_LAYOUT[dataset]})."
             )
         city = config.split("_")[0] if dataset == "nthu" else None
-        layout = datasets.discover(dataset, raw_dir, city=city, split_lists=split_lists)
+        layout = datasets.discover(
+            dataset, raw_dir, city=city, split_lists=split_lists, skip_missing=skip_bad
+        )
     builder = cls(
         data_dir=os.fspath(data_dir),
         config=config,
@@ -132,7 +141,9 @@ def prepare_one(
     done = (Path(builder.data_dir) / "dataset_info.json").is_file()
     if done and not overwrite:
         summary.update(
-            already=True, splits={k: v.num_examples for k, v in builder.info.splits.items()}
+            already=True,
+            splits={k: v.num_examples for k, v in builder.info.splits.items()},
+            split_lists=(builder.info.metadata or {}).get("split_lists"),
         )
         return summary
     mode = tfds.download.GenerateMode
@@ -155,8 +166,10 @@ def prepare_one(
     summary.update(
         splits={k: v.num_examples for k, v in builder.info.splits.items()},
         skipped=(list(layout.skipped) if layout else [])
-        + [(path, "unreadable or size-mismatched pair (--skip-bad)") for path, _ in st.bad],
+        + [(path, "unreadable pair (--skip-bad)") for path, _ in st.bad],
         bad_messages=[msg for _, msg in st.bad],
+        split_lists=builders.split_lists_metadata(layout),
+        resized_labels=list(st.resized_labels),
         histogram=st.histogram,
         outside_pixels=st.outside_pixels,
         outside_files=st.outside_files,
@@ -165,13 +178,30 @@ def prepare_one(
     return summary
 
 
+def _lists_line(s: dict) -> str:
+    """Which list defined each split, and how many listed pairs were missing on disk."""
+    lists = s.get("split_lists")
+    if s["dataset"] in SYNTHETIC_DATASETS:
+        return "splits: generated"
+    if lists == "none":
+        return "splits: as the raw folders give them (no split lists)"
+    if not lists:
+        return "splits: not recorded (prepared by an msjax without split lists)"
+    return "splits from lists: " + "; ".join(f"{k} = {v}" for k, v in sorted(lists.items()))
+
+
 def format_summary(s: dict) -> str:
     """Human-readable closing summary of `prepare_one`."""
     lines = [f"{s['dataset']}/{s['config']} -> {s['path']}"]
     splits = ", ".join(f"{k}: {v}" for k, v in sorted(s["splits"].items()))
     if s["already"]:
-        return lines[0] + f"\n  already prepared ({splits}); pass --overwrite to rebuild."
+        return (
+            lines[0]
+            + f"\n  already prepared ({splits}); pass --overwrite to rebuild.\n  "
+            + _lists_line(s)
+        )
     lines.append(f"  pairs prepared: {splits}")
+    lines.append("  " + _lists_line(s))
     by_reason = collections.defaultdict(list)
     for path, reason in s["skipped"]:
         by_reason[reason].append(path)
@@ -183,6 +213,13 @@ def format_summary(s: dict) -> str:
         )
     for message in s.get("bad_messages", [])[:3]:
         lines.append(f"    {message}")
+    resized = s.get("resized_labels", [])
+    if resized:
+        more = f" (+{len(resized) - MAX_LISTED} more)" if len(resized) > MAX_LISTED else ""
+        lines.append(
+            f"  labels of another size than their image, resized (nearest) as the original "
+            f"does ({len(resized)}): " + ", ".join(map(str, resized[:MAX_LISTED])) + more
+        )
     if s["outside_pixels"]:
         lines.append(
             f"  label values outside the table: {s['outside_pixels']} pixels in "

@@ -157,12 +157,33 @@ def data_shards(config) -> int:
     return shards
 
 
+def epoch_steps(config, full: dict) -> dict:
+    """Steps per epoch of each training stream: the original's rule (docs/data.md).
+
+    Args:
+      config: the experiment config (config.epochs).
+      full: stream name -> batches of a full pass over its split.
+
+    Returns:
+      stream name -> steps per epoch. Adapting with `epochs.shared`: the shorter stream's
+      full pass for both (the original zips its two loaders: both restart, each with a fresh
+      permutation, when the shorter ends). Source-only: at most
+      `epochs.source_only_max_steps` (the original's ITER_MAX; 0: no limit).
+    """
+    if "target" in full:
+        if config.epochs.shared:
+            return dict.fromkeys(full, min(full.values()))
+        return dict(full)
+    cap = config.epochs.source_only_max_steps
+    return {name: min(steps, cap) if cap else steps for name, steps in full.items()}
+
+
 def make_streams(config, data_dir: str, normalization: str, shards: int, start: int) -> dict:
     """This process's training streams: 'source', and 'target' when a target loss is set."""
-    from msjax.data.pipeline import make_sharded_train_stream
+    from msjax.data.pipeline import full_epoch_steps, make_sharded_train_stream
 
-    def stream(fields, seed):
-        cfg = {k: v for k, v in fields.items() if v is not None}
+    def fields(stream, seed):
+        cfg = {k: v for k, v in stream.items() if v is not None}
         cfg.update(
             batch_size=config.batch_pairs // shards,  # one data shard's share of the batch
             seed=seed,
@@ -170,15 +191,22 @@ def make_streams(config, data_dir: str, normalization: str, shards: int, start: 
             normalization=normalization,
             data_dir=data_dir,
         )
-        return make_sharded_train_stream(cfg, shards=shards, start_step=start)
+        return cfg
 
-    streams = {"source": stream(config.source, config.seed)}
+    cfgs = {"source": fields(config.source, config.seed)}
     if config.loss.target != "none":
-        try:
-            streams["target"] = stream(config.target, config.seed + 1)
-        except BaseException:
-            streams["source"].close()
-            raise
+        cfgs["target"] = fields(config.target, config.seed + 1)
+    steps = epoch_steps(config, {k: full_epoch_steps(c, shards) for k, c in cfgs.items()})
+    streams = {}
+    try:
+        for name, cfg in cfgs.items():
+            streams[name] = make_sharded_train_stream(
+                cfg, shards=shards, start_step=start, epoch_steps=steps[name]
+            )
+    except BaseException:
+        for stream in streams.values():
+            stream.close()
+        raise
     return streams
 
 
@@ -253,9 +281,10 @@ def build_run(config, workdir: str, allow_config_change: bool = False) -> Run:
 def describe(run: Run) -> dict:
     """Per stream: data, examples on this host, steps per epoch, epochs the run will see.
 
-    The epoch rule: every stream cycles through its own split on its own; a step never waits
-    for another stream. With fewer target than source examples, the target stream simply
-    starts its next (reshuffled) epoch sooner.
+    The epoch rule (`epoch_steps`): every epoch is a fresh permutation of each split; in
+    adaptation both streams turn epochs together, after the shorter split's batches (unless
+    config.epochs.shared is False), so the longer stream uses the first batches of each of
+    its permutations.
     """
     facts = {}
     for name, stream in run.streams.items():
@@ -265,6 +294,7 @@ def describe(run: Run) -> dict:
             split_this_host=stream.host_split,
             examples_this_host=stream.num_examples,
             steps_per_epoch=stream.steps_per_epoch,
+            full_steps_per_epoch=stream.full_steps_per_epoch,
             epochs=round(run.config.train.steps / stream.steps_per_epoch, 2),
         )
     return facts
@@ -282,11 +312,21 @@ def announce(run: Run, facts: dict) -> None:
         f"loss {run.config.loss.target}; parameters per group {run.group_sizes}",
         flush=True,
     )
+    if run.adapting:
+        rule = (
+            "both streams restart together after the shorter split's batches"
+            if run.config.epochs.shared
+            else "each stream cycles its own split (config.epochs.shared=False)"
+        )
+        print(f"  epochs: {rule}, each with a fresh permutation", flush=True)
     for name, f in facts.items():
+        used = f"the first {f['steps_per_epoch']} of {f['full_steps_per_epoch']} batches"
+        if f["steps_per_epoch"] == f["full_steps_per_epoch"]:
+            used = f"all {f['steps_per_epoch']} batches"
         print(
             f"  {name}: {f['data']}, {f['examples_this_host']} examples on this host, an "
-            f"epoch every {f['steps_per_epoch']} steps ({f['epochs']} epochs in this run; "
-            "each stream repeats on its own)",
+            f"epoch every {f['steps_per_epoch']} steps ({used} of a permutation; "
+            f"{f['epochs']} epochs in this run)",
             flush=True,
         )
 
