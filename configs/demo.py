@@ -8,9 +8,9 @@ to the unlabelled target with MaxSquare and with MaxSquare + IW, beside a contro
 same adaptation with lambda_target = 0 (only the BN statistics see the target), and prints the
 target validation mIoU of all four (also in WORKDIR/results.json); docs/demo.md has the
 measured table and time. Differences from the paper's setting, all for speed: a small
-backbone from random initialisation (blocks [1,1,1,1], width 16) with a larger learning rate, 4 image pairs per
-step, 96x192 images. Losses, BN mode, optimiser and schedule are the faithful ones.
-Argument 'smoke' makes it a few steps long (for tests).
+backbone from random initialisation (blocks [1,1,1,1], width 16) with a larger learning
+rate, 4 image pairs per step, 96x192 images. Losses, BN mode, optimiser and schedule are the
+faithful ones. Argument 'smoke' makes it a few steps long (for tests).
 """
 
 from msjax import configlib
