@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         reproduction.check_plan(plan)
         data.check_smoke_raw(plan, raw_dirs)
         data.check_raw(data.missing(plan), raw_dirs, plan.data_dir)
+        reproduction.make_workdir(plan)
         cli.start_training_process(plan.config)
         record = reproduction.reproduce(plan, raw_dirs, progress=not args.no_progress)
         if "stop_signal" in record:

@@ -27,7 +27,8 @@ def views_note(views: dict) -> str:
     """How the test-time views of a result relate to the published numbers'."""
     if views["text"] not in (inference.SINGLE_VIEW.describe(), inference.FLIP_VIEW.describe()):
         return "multi-scale test-time augmentation: the original never uses it"
-    done = "with flip" if views["flip"] else "without flip"
+    flipped = views.get("flip", views["text"] == inference.FLIP_VIEW.describe())
+    done = "with flip" if flipped else "without flip"
     return f"evaluated {done}; {published.FLIP_NOTE}"
 
 

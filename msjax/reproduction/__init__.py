@@ -15,17 +15,18 @@ interrupted one continues from its checkpoint, finished evaluations are read bac
 
 from __future__ import annotations
 
-from msjax.reproduction.plan import Plan, check_plan, make_plan
+from msjax.reproduction.plan import Plan, check_plan, make_plan, make_workdir
 from msjax.reproduction.rows import Row, parse_row
 
-__all__ = ["Plan", "Row", "check_plan", "make_plan", "parse_row", "reproduce"]
+__all__ = ["Plan", "Row", "check_plan", "make_plan", "make_workdir", "parse_row", "reproduce"]
 
 
 def reproduce(plan: Plan, raw_dirs: dict, progress: bool = True) -> dict:
     """Runs (or resumes) a checked plan; returns the report record.
 
     Args:
-      plan: from `make_plan`, checked with `check_plan` and `data.check_raw`.
+      plan: from `make_plan`, checked with `check_plan` and `data.check_raw`, its
+        workdir made with `make_workdir`.
       raw_dirs: {data set: raw folder} for the data sets still to prepare.
       progress: show progress bars.
 

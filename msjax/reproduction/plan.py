@@ -8,7 +8,8 @@
 
 Stages live per setting, so rows that need the same source model share it: after
 `gta2city:maxsquare`, `gta2city:iw` with the same workdir trains only its adaptation.
-`make_plan` builds the plan and `check_plan` checks everything it can before any work.
+`make_plan` builds the plan and `check_plan` checks everything it can before any work;
+`make_workdir` then creates the workdir.
 """
 
 from __future__ import annotations
@@ -105,28 +106,34 @@ def describe(config) -> str:
     )
 
 
-def checkpoint_rules(config, folder: str, adapting: bool) -> list[Checkpoint]:
-    """best/ and final/ of a run, the paper's first (adaptation: best; source: final)."""
+# Source variant -> the checkpoint of it that adaptations start from ('source': 'final').
+STARTS_FROM = dict([configlib.DEFAULT_SOURCE_MODEL, *configlib.SOURCE_MODEL.values()])
+
+
+def checkpoint_rules(config, folder: str, variant: str) -> list[Checkpoint]:
+    """best/ and final/ of the row's run, the paper's first.
+
+    For an adaptation that is best/ (the README evaluates it); for a source run, the one the
+    adaptations start from (final/, or best/ of source_multi).
+    """
+    adapting = variant not in configlib.SOURCE_VARIANTS
     labels = (
         "target labels select it, as in the original, whose README evaluates this checkpoint"
         if adapting
         else "no target label is used"
     )
-    best = Checkpoint(
-        "best",
-        os.path.join(folder, "best"),
-        f"the highest {METRIC_NAMES[config.eval.select]} on {eval_split(config)} (validated every "
-        f"{config.eval.every_steps} steps and at the end); {labels}",
-        adapting,
-    )
-    final = Checkpoint(
-        "final",
-        os.path.join(folder, "final"),
-        f"the weights after the last step ({config.train.steps})"
-        + ("" if adapting else "; the model MaxSquare and IW adapt"),
-        False,
-    )
-    return [best, final] if adapting else [final, best]
+    rules = {
+        "best": f"the highest {METRIC_NAMES[config.eval.select]} on {eval_split(config)} "
+        f"(validated every {config.eval.every_steps} steps and at the end); {labels}",
+        "final": f"the weights after the last step ({config.train.steps})",
+    }
+    first = "best" if adapting else STARTS_FROM[variant]
+    if not adapting:
+        rules[first] += "; the adaptations start from it"
+    order = [first, "final" if first == "best" else "best"]
+    return [
+        Checkpoint(n, os.path.join(folder, n), rules[n], adapting and n == "best") for n in order
+    ]
 
 
 def make_plan(row: Row, workdir, data_dir=None, init=None, source_weights=None) -> Plan:
@@ -157,7 +164,7 @@ def make_plan(row: Row, workdir, data_dir=None, init=None, source_weights=None) 
         c = stage_config(row, row.variant, data_dir, start)
         stages.append(Stage(name, f"{name}: {describe(c)}", c))
     last = stages[-1]
-    checkpoints = checkpoint_rules(last.config, os.path.join(chain_dir, last.name), row.adapting)
+    checkpoints = checkpoint_rules(last.config, os.path.join(chain_dir, last.name), row.variant)
     report_dir = os.path.join(workdir, "reports", row.slug)
     return Plan(
         row, workdir, chain_dir, data_dir, report_dir, stages, source, checkpoints,
@@ -183,7 +190,6 @@ def check_plan(plan: Plan) -> None:
 
     Raises:
       ConfigError: a missing or unusable --init / --source-weights, or a bad config field.
-      WorkdirError: the workdir cannot be created.
     """
     row, n = plan.row, plan.config.model.num_classes
     for stage in plan.stages:
@@ -206,6 +212,10 @@ def check_plan(plan: Plan) -> None:
         _check_weights("--init", plan.init, n, init_hint)
     if plan.source_weights:
         _check_weights("--source-weights", plan.source_weights, n, f"a {n}-class source model")
+
+
+def make_workdir(plan: Plan) -> None:
+    """Creates the workdir (after every check), or raises WorkdirError saying why not."""
     try:
         os.makedirs(plan.workdir, exist_ok=True)
     except OSError as e:
