@@ -83,7 +83,6 @@ def wants_verbose(argv) -> bool:
 # Commands that take an experiment config (`msjax.train`, `msjax.demo`): absl flags with
 # ml_collections' `--config FILE[:ARG]` and `--config.FIELD=VALUE` overrides.
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 _CONFIG_FLAGS = None
 
 
@@ -111,6 +110,8 @@ def _config_flags():
 
 def resolve_config_path(argv: list[str]) -> list[str]:
     """Lets `--config gta2city.py[:arg]` name a file in configs/ when no such path exists."""
+    from msjax.configlib import CONFIGS_DIR
+
     out = []
     for i, arg in enumerate(argv):
         value, prefix = None, None

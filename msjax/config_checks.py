@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from msjax.configlib import SELECT_METRICS
 from msjax.data.labels import VALID_NUM_CLASSES
 from msjax.data.normalize import NORMALIZATIONS
 from msjax.errors import ConfigError
@@ -106,6 +107,7 @@ FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.num_images": integer(0),
     "eval.batch_size": integer(1),
     "eval.every_steps": integer(1),
+    "eval.select": one_of(*SELECT_METRICS),
     "epochs.shared": boolean,
     "epochs.source_only_max_steps": integer(0),
 }
@@ -145,5 +147,8 @@ def check_config(config) -> None:
                 f"config.optim.groups.{name}={multiplier!r}: a learning-rate multiplier must "
                 "be a finite number >= 0."
             )
-    if config.loss.multi_level and config.loss.target == "none":
-        raise ConfigError("config.loss.multi_level needs a target loss (config.loss.target).")
+    if config.eval.select == "miou13" and config.model.num_classes != 16:
+        raise ConfigError(
+            f"config.eval.select='miou13' needs 16 classes (the 13 of 16 SYNTHIA classes), "
+            f"but config.model.num_classes={config.model.num_classes}; use 'miou'."
+        )

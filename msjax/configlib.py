@@ -1,7 +1,7 @@
 """Pieces that the experiment configs in configs/ share: the full field list and `smoke`.
 
 A config is data: an `ml_collections.ConfigDict` with every field the trainer reads, set to
-the original's hyper-parameters (docs/original.md) by default. Experiment
+the original's hyper-parameters and protocol (docs/protocol.md) by default. Experiment
 files change only what differs. Fields:
 
   seed, batch_pairs (global source+target pairs per step), data_dir, distributed,
@@ -17,15 +17,23 @@ files change only what differs. Fields:
             batches, each a fresh permutation, as the original zips its two loaders),
             source_only_max_steps (source-only epochs are at most this many steps, the
             original's ITER_MAX; 0: a full pass); docs/data.md
-  eval.*    target validation (dataset, config, split, batch_size, every_steps)
+  eval.*    validation during training (dataset, config, split, batch_size, every_steps) and
+            `select`, the score that picks WORKDIR/best ('miou', or 'miou13' for 16 classes).
+            Source-only runs validate on the source val split, adaptation runs on the
+            target's (the original's practice: target labels pick the adapted model)
   loss.*    target ('maxsquare', 'iw_maxsquare', 'entropy', 'hard' or 'none'), lambda_target,
-            iw_ratio, threshold, multi_level, multi_threshold, lambda_seg, ignore_index
+            iw_ratio, threshold (hard pseudo-labels), multi_level (the original's `--multi`:
+            lambda_seg * CE(aux) on the source, plus the self-produced guidance on the
+            target when adapting), multi_threshold, lambda_seg, ignore_index
   optim.*   lr, momentum, weight_decay, poly_power, iter_max, groups {group: lr multiplier},
             rules ('faithful' or a list of [regex, group])
   train.*   steps, log_every, checkpoint_every, keep_checkpoints, tensorboard, num_images
 """
 
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -35,6 +43,19 @@ from msjax.training.optim import ORIGINAL_OPTIM
 from msjax.training.step import ORIGINAL_LOSS
 
 EPOCH_STEPS = 2975  # the length of Cityscapes train: one "epoch" of the original
+# Source-only pretraining (README of the original: --iter_max 200000 --iter_stop 80000).
+SOURCE_STEPS, SOURCE_ITER_MAX = 80_000, 200_000
+# train_source.py validates after every "epoch" and caps an epoch at ITER_MAX = 5,000 steps
+# (GTA5's 12,403 and SYNTHIA's 9,000 train images both exceed it).
+SOURCE_EVAL_EVERY = 5000
+SELECT_METRICS = ("miou", "miou13")
+# The source model each adaptation variant starts from, as the original's README runs it:
+# (source variant, its checkpoint). MaxSquare and IW start from gta5final.pth (or the released
+# GTA5_source.pth); IW+Multi from the multi-level source run's gta5best.pth.
+SOURCE_MODEL = {"iw_multi": ("source_multi", "best")}
+DEFAULT_SOURCE_MODEL = ("source", "final")
+SOURCE_VARIANTS = ("source", "source_multi")
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def stream(dataset: str, config: str, split: str = "train") -> ml_collections.ConfigDict:
@@ -91,6 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
             split="val",
             batch_size=1,
             every_steps=EPOCH_STEPS,
+            select="miou",
         )
     )
     c.loss = ml_collections.ConfigDict(dict(ORIGINAL_LOSS))
@@ -109,11 +131,14 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def set_variant(c: ml_collections.ConfigDict, variant: str) -> None:
-    """Applies a loss variant shared by the adaptation configs.
+    """Applies a variant shared by the experiment configs (after their streams are set).
 
-    maxsquare | iw | iw_multi | minent | hard | source. 'iw_multi' also trains on 1280x640
-    target crops, as the original's Multi run; 'source' is the original's source-only
-    pretraining: no target loss, 80,000 steps of a 200,000-step poly schedule.
+    maxsquare | iw | iw_multi | minent | hard: adaptation losses. 'iw_multi' also trains and
+    validates on 1280x640 target images, as the original's Multi run.
+    source | source_multi: the original's source-only pretraining (`train_source.py`): no
+    target loss, 80,000 steps of a 200,000-step poly schedule, validation on the SOURCE val
+    split every 5,000 steps; 'source_multi' adds lambda_seg * CE(aux) (its `--multi True`),
+    which trains the aux head that IW+Multi starts from.
     """
     if variant == "maxsquare":
         c.loss.target = "maxsquare"
@@ -123,17 +148,46 @@ def set_variant(c: ml_collections.ConfigDict, variant: str) -> None:
         c.loss.target = "iw_maxsquare"
         c.loss.multi_level = True
         c.loss.lambda_target = 0.09
-        c.target.config = "1280x640"
+        c.target.config = c.eval.config = "1280x640"
     elif variant == "minent":
         c.loss.target = "entropy"
     elif variant == "hard":
         c.loss.target = "hard"
-    elif variant == "source":
+    elif variant in SOURCE_VARIANTS:
         c.loss.target = "none"
-        c.train.steps = 80_000
-        c.optim.iter_max = 200_000
+        c.loss.multi_level = variant == "source_multi"
+        c.train.steps = SOURCE_STEPS
+        c.optim.iter_max = SOURCE_ITER_MAX
+        c.eval.dataset, c.eval.config, c.eval.split = c.source.dataset, c.source.config, "val"
+        c.eval.every_steps = SOURCE_EVAL_EVERY
     else:
         raise ConfigError(f"unknown variant {variant!r}")
+
+
+def source_model(variant: str) -> tuple[str, str]:
+    """(source variant, 'best' or 'final'): the source model an adaptation variant starts from."""
+    return SOURCE_MODEL.get(variant, DEFAULT_SOURCE_MODEL)
+
+
+def load_module(name: str):
+    """The experiment config module configs/NAME.py.
+
+    Raises:
+      ConfigError: there is no such config file (the message lists the ones there are).
+    """
+    path = os.path.join(CONFIGS_DIR, f"{name}.py")
+    if not os.path.isfile(path):
+        names = sorted(f[:-3] for f in os.listdir(CONFIGS_DIR) if f.endswith(".py"))
+        raise ConfigError(f"no config {name!r} in {CONFIGS_DIR}; configs: {', '.join(names)}")
+    spec = importlib.util.spec_from_file_location(f"msjax_configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`configs/NAME.py:ARG` as `--config` reads it: the module's get_config(arg)."""
+    return load_module(name).get_config(arg)
 
 
 def parse_arg(arg: str | None, variants: tuple[str, ...], default: str) -> tuple[str, bool]:
@@ -153,12 +207,15 @@ def use_synthetic(c: ml_collections.ConfigDict, size: str) -> None:
     """Points both training streams and the evaluation at the generated synthetic data sets.
 
     Args:
-      size: a synthetic config, '128x64', '192x96' or '256x128'; evaluation reads the
-        target style's val split.
+      size: a synthetic config, '128x64', '192x96' or '256x128'. Evaluation reads the val
+        split of the style it read before: the source style where the config validates on
+        its source data (source-only runs), else the target style.
     """
+    on_source = c.eval.dataset == c.source.dataset
     c.source.dataset, c.source.config = "synthetic_source", size
     c.target.dataset, c.target.config = "synthetic_target", size
-    c.eval.dataset, c.eval.config, c.eval.split = "synthetic_target", size, "val"
+    c.eval.dataset = "synthetic_source" if on_source else "synthetic_target"
+    c.eval.config, c.eval.split = size, "val"
 
 
 def apply_smoke(c: ml_collections.ConfigDict) -> None:

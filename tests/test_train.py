@@ -25,9 +25,9 @@ from tests import fake_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_ARGS = {
-    "gta2city": ["maxsquare", "iw", "iw_multi", "minent", "hard", "source"],
-    "synthia2city": ["maxsquare", "iw", "iw_multi", "minent", "source"],
-    "city2nthu": ["rome", "rio,iw", "tokyo,source", "taipei"],
+    "gta2city": ["maxsquare", "iw", "iw_multi", "minent", "hard", "source", "source_multi"],
+    "synthia2city": ["maxsquare", "iw", "iw_multi", "minent", "source", "source_multi"],
+    "city2nthu": ["rome", "rio,iw", "tokyo,source", "source", "taipei"],
     "demo": [""],
 }
 
@@ -52,23 +52,29 @@ def test_every_config_builds_with_the_original_hyper_parameters(name, arg):
     c = load_config(name, arg.strip(","))
     classes = {"gta2city": 19, "synthia2city": 16, "city2nthu": 13, "demo": 19}[name]
     assert c.model.num_classes == classes
+    source_only = "source" in arg
     if name != "demo":
         assert c.optim.momentum == 0.9 and c.optim.weight_decay == 5e-4
         assert c.optim.groups.to_dict() == {"backbone": 1.0, "head": 10.0}
+        assert c.loss.multi_level == ("multi" in arg)
+        assert c.eval.select == ("miou13" if name == "synthia2city" else "miou")
         if "smoke" not in arg:
             assert c.optim.lr == 2.5e-4 and c.batch_pairs == 1 and c.model.bn_mode == "per_image"
             assert c.model.blocks == (3, 4, 23, 3) and c.model.aspp_branches == 2
-            # Cross-city source-only length is not in the reference: city2nthu keeps 10 epochs.
-            source_only = "source" in arg and name != "city2nthu"
+            # Source-only: 80,000 of a 200,000-step poly in all three settings, cross-city too.
             assert c.optim.iter_max == (200_000 if source_only else 29_760)
             assert c.train.steps == (80_000 if source_only else 29_750)
+            # Source runs validate on the source val split, adaptation runs on the target's.
+            validates_on = c.source.dataset if source_only else c.target.dataset
+            assert c.eval.dataset == validates_on
+            assert c.eval.split == ("test" if name == "city2nthu" and not source_only else "val")
     if "iw_multi" in arg:
-        assert c.loss.multi_level and c.loss.lambda_target == 0.09
-    elif name != "demo" and "source" not in arg:
+        assert c.loss.lambda_target == 0.09
+        assert c.target.config == c.eval.config == ("128x64" if "smoke" in arg else "1280x640")
+    elif name != "demo" and not source_only:
         assert c.loss.lambda_target == 0.1
     if name == "city2nthu":
-        assert c.loss.multi_threshold == 0.98
-        assert c.eval.split == ("val" if "smoke" in arg else "test")
+        assert c.loss.multi_threshold == c.loss.threshold == 0.98
 
 
 def test_unknown_config_arguments_list_the_valid_ones():
@@ -126,6 +132,11 @@ def test_smoke_variant_trains_two_steps(tmp_path, synthetic_dir, name, arg):
     c.data_dir = synthetic_dir
     summary = train_and_evaluate(c, str(tmp_path))
     assert summary["final_step"] == 2 and 0.0 <= summary["last_miou"] <= 1.0
+    # A source run validates on the source style's val split; 16 classes select by mIoU13.
+    style = "source" if "source" in arg else "target"
+    assert summary["eval"] == f"synthetic_{style}/128x64/val"
+    assert summary["select"] == ("miou13" if name == "synthia2city" else "miou")
+    assert summary["best_score"] == summary["last_scores"][summary["select"]]
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     losses = [r for r in records if "loss" in r]
     assert [r["step"] for r in losses] == [1, 2]
@@ -137,6 +148,7 @@ def test_smoke_variant_trains_two_steps(tmp_path, synthetic_dir, name, arg):
         assert os.path.isdir(tmp_path / folder), folder
     meta = json.load(open(tmp_path / "final" / "metadata.json"))
     assert meta["num_classes"] == c.model.num_classes and meta["layout"] == "msjax-train"
+    assert meta["select"] == summary["select"] and summary["select"] in meta
 
 
 def test_end_to_end_on_fixture_gta5_and_cityscapes(tmp_path):
@@ -152,7 +164,7 @@ def test_end_to_end_on_fixture_gta5_and_cityscapes(tmp_path):
     c.source.dataset, c.target.dataset, c.eval.dataset = "gta5", "cityscapes", "cityscapes"
     c.eval.batch_size = 1
     summary = train_and_evaluate(c, str(tmp_path / "run"))
-    assert summary["final_step"] == 2 and summary["best_miou"] is not None
+    assert summary["final_step"] == 2 and summary["best_score"] is not None
 
 
 def pick(batch, i):

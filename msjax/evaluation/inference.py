@@ -92,7 +92,10 @@ def _check_precision(precision: str) -> None:
         raise ValueError(f"precision {precision!r}: valid values are {list(PRECISIONS)}")
 
 
-SINGLE_VIEW = Views()  # one unflipped view at scale 1: the original's default evaluation
+# One unflipped view at scale 1: the default of the original's evaluate.py, although its README's
+# evaluation command passes --flip True (FLIP_VIEW).
+SINGLE_VIEW = Views()
+FLIP_VIEW = Views(flip=True)
 
 
 def feature_logits(model: DeepLabV2, variables, images: jax.Array) -> jax.Array:

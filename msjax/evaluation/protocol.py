@@ -1,12 +1,16 @@
 """Evaluation of a weights folder on a prepared split, under a named protocol.
 
-Protocols (docs/original.md, "Evaluation"); both feed the network the image resized bicubic
-to 1024x512 (`input_size`), as the original does:
+Protocols (docs/protocol.md); both feed the network the image resized bicubic to 1024x512
+(`input_size`), as the original does:
 - `original`: labels resized nearest to 1024x512 too, and compared there: the protocol of
   the paper's numbers (prepared config `1024x512` of the data set);
 - `full`: the main head's logits upsampled (bilinear, align corners) to the native label
   resolution, 2048x1024, and compared with the untouched labels: the protocol of most later
   papers (prepared configs `1024x512` for the images and `full` for the labels).
+
+Either may average the prediction with that of the flipped image (`views`). The original's
+only evaluation command passes `--flip True`; the paper does not say whether its numbers
+used it, so `python -m msjax.reproduce` reports both.
 
 The confusion matrix counts every labelled pixel of the split once (padding masked, 255
 ignored) and is exact (int64). `python -m msjax.evaluate` is the command; the report it
@@ -79,7 +83,8 @@ def resolve(dataset: str, protocol: str, split: str | None, input_size: str) -> 
         city = dataset.split("-", 1)[1]
         builder, prefix, default_split, counts = "nthu", f"{city}_", "test", (13,)
     elif dataset == "synthetic":  # the demo's "real"-style target (msjax.data.synthetic)
-        builder, prefix, default_split, counts = "synthetic_target", "", "val", (19,)
+        # Smoke runs of every setting (19, 16 or 13 classes) are scored on it.
+        builder, prefix, default_split, counts = "synthetic_target", "", "val", (19, 16, 13)
         if protocol == "full":
             raise ConfigError(
                 "--dataset synthetic has no native-size labels: use --protocol "

@@ -3,6 +3,8 @@
 Numbers are the paper's (docs/original.md, "Published results"), in percent. They were
 obtained with the original's protocol (image bicubic and label nearest at 1024x512), so they
 compare directly only with `--protocol original`; the report says so next to them.
+Whether they used the horizontal flip is not stated: the original's only evaluation command
+passes `--flip True`, its evaluate.py defaults to no flip. Compare with both (`FLIP_NOTE`).
 
 A setting is what the evaluation can see: the target data set and the class count of the
 checkpoint (19 classes on Cityscapes = GTA5 -> Cityscapes; 16 = SYNTHIA -> Cityscapes;
@@ -14,6 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 
+FLIP_NOTE = (
+    "the original's only evaluation command uses --flip True (the average of the image's and "
+    "the flipped image's softmax); the original does not state whether the published numbers "
+    "used it"
+)
 METHODS = ("source_only", "minent", "maxsquare", "maxsquare_iw", "maxsquare_iw_multi")
 METHOD_NAMES = {
     "source_only": "Source only",

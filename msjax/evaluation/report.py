@@ -23,6 +23,15 @@ def _published_for(results: dict, method: str | None):
     return published.result(results["dataset"], results["scores"]["num_classes"], method)
 
 
+def views_note(views: dict) -> str:
+    """How the test-time views of a result relate to the published numbers'."""
+    if views["text"] not in (inference.SINGLE_VIEW.describe(), inference.FLIP_VIEW.describe()):
+        return "multi-scale test-time augmentation: the original never uses it"
+    flipped = views.get("flip", views["text"] == inference.FLIP_VIEW.describe())
+    done = "with flip" if flipped else "without flip"
+    return f"evaluated {done}; {published.FLIP_NOTE}"
+
+
 def report_rows(results: dict, method: str | None = None) -> tuple[list, list[str]]:
     """Table rows (name, msjax %, paper % or '') and the header lines of a report."""
     s = results["scores"]
@@ -49,9 +58,7 @@ def report_rows(results: dict, method: str | None = None) -> tuple[list, list[st
         if results["protocol"] != "original":
             header.append("note: the paper's numbers use the original protocol (labels at "
                           "1024x512), not this one: compare with care")  # fmt: skip
-        if results["views"]["text"] != inference.SINGLE_VIEW.describe():
-            header.append("note: test-time augmentation is on; the published numbers may "
-                          "not use it")  # fmt: skip
+        header.append(f"note: {views_note(results['views'])}")
         others = [
             f"{published.METHOD_NAMES[r.method]} {r.miou:.1f}"
             + (f" / {r.miou13:.1f}" if r.miou13 is not None else "")

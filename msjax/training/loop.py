@@ -4,7 +4,8 @@ The run is built once (`msjax.training.run.build_run`), then trained step by ste
 
     for each step:  next source (and target) batch -> jitted step -> metrics kept on device
                     at log steps:   fetch, check finite, write metrics.jsonl / TensorBoard
-                    at eval steps:  validate; a new best mIoU exports WORKDIR/best
+                    at eval steps:  validate; a new best score (config.eval.select) exports
+                                    WORKDIR/best
                     at save steps:  save the train state (asynchronously, atomically)
                     on SIGTERM / Ctrl-C: save this step and stop
     at the end:     validate (if not just done), export WORKDIR/final, write results.json
@@ -145,14 +146,24 @@ def export(run: Run, folder: str, step: int, **facts) -> None:
 
 
 def validate(run: Run, step: int) -> float:
-    """Validates the current weights; a new best mIoU is recorded and exported to best/."""
-    miou = run.validator.run(run.state.params, run.state.batch_stats, step, run.writer)["miou"]
-    run.last_miou = miou
-    if run.record["best_miou"] is None or miou > run.record["best_miou"]:
-        run.record.update(best_miou=miou, best_step=step)
-        cfg = run.config.eval
-        export(run, "best", step, miou=miou, eval=f"{cfg.dataset}/{cfg.config}/{cfg.split}")
-    return miou
+    """Validates the current weights; a new best `config.eval.select` score exports best/.
+
+    Returns:
+      The score that selects (mIoU, or mIoU13 for 16-class runs as in the original).
+    """
+    result = run.validator.run(run.state.params, run.state.batch_stats, step, run.writer)
+    select = run.config.eval.select
+    run.last_scores = {k: result[k] for k in ("miou", "miou13") if k in result}
+    score = result[select]
+    if run.record["best_score"] is None or score > run.record["best_score"]:
+        run.record.update(best_score=score, best_step=step)
+        export(run, "best", step, **run.last_scores, select=select, eval=eval_split(run.config))
+    return score
+
+
+def eval_split(config) -> str:
+    """'dataset/config/split' of the validation split (e.g. 'gta5/1280x720/val')."""
+    return f"{config.eval.dataset}/{config.eval.config}/{config.eval.split}"
 
 
 def save_state(run: Run, step: int) -> None:
@@ -211,19 +222,26 @@ def finish(run: Run, step: int, stop: int | None, facts: dict) -> dict:
                 flush=True,
             )
         return dict(summary, stopped_by=preemption.SIGNAL_TEXT[stop], stop_signal=int(stop))
-    if run.last_miou is None:  # restarted after its last step: score it all the same
+    if run.last_scores is None:  # restarted after its last step: score it all the same
         validate(run, step)
-    export(run, "final", step, miou=run.last_miou)
+    select = run.config.eval.select
+    export(run, "final", step, **run.last_scores, select=select, eval=eval_split(run.config))
     summary.update(
-        last_miou=run.last_miou,
-        best_miou=run.record["best_miou"],
+        eval=eval_split(run.config),
+        select=select,
+        last_miou=run.last_scores["miou"],
+        last_scores=run.last_scores,
+        best_score=run.record["best_score"],
         best_step=run.record["best_step"],
         best=os.path.join(run.workdir, "best"),
         final=os.path.join(run.workdir, "final"),
     )
     if jax.process_index() == 0:
-        with open(os.path.join(run.workdir, "results.json"), "w") as f:
+        # Atomic: a chain of runs (msjax.training.stages) takes this file as "finished".
+        path = os.path.join(run.workdir, "results.json")
+        with open(f"{path}.tmp", "w") as f:
             json.dump(summary, f, indent=2)
+        os.replace(f"{path}.tmp", path)
     return summary
 
 
@@ -240,7 +258,8 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
         in a field that changes the computation (otherwise that is refused).
 
     Returns:
-      A summary: final step, last and best validation mIoU, paths of the exported weights.
+      A summary: final step, the validation split, last scores, best score (of
+      config.eval.select) and its step, paths of the exported weights.
 
     Raises:
       msjax.errors.UserError subclasses: problems the user can fix, each naming the file,

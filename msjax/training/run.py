@@ -40,13 +40,14 @@ class Run:
       tx, group_sizes, schedule: the optimiser, its parameter counts per group, the lr.
       state: the current TrainState.
       start_step: the step the run (re)started from.
-      record: what the checkpoints carry besides the state (best mIoU and step, shards).
+      record: what the checkpoints carry besides the state (best score and step, shards).
       streams: {'source': ..., ['target': ...]} training streams of this process.
       step_fn: the jitted train step.
       validator: evaluates on config.eval's split.
       checkpoints: the workdir's train states.
       writer: metrics.jsonl and TensorBoard.
-      last_miou: the latest validation mIoU of this invocation (None before one).
+      last_scores: the latest validation's {'miou'[, 'miou13']} in this invocation (None
+        before one).
     """
 
     config: Any
@@ -66,7 +67,7 @@ class Run:
     validator: Validator
     checkpoints: RunCheckpoints
     writer: MetricWriter
-    last_miou: float | None = None
+    last_scores: dict | None = None
 
     @property
     def adapting(self) -> bool:
@@ -227,10 +228,11 @@ def restore_or_init(config, checkpoints: RunCheckpoints, variables, tx, mesh):
     repl = sharding.replicated(mesh)
     # Jitted: an eager tx.init compiles one kernel per parameter shape (slow on GPUs).
     state = jax.jit(lambda v: create_train_state(v, tx), out_shardings=repl)(variables)
-    record = {"best_miou": None, "best_step": None}
+    record = {"best_score": None, "best_step": None}
     start = checkpoints.latest_step() or 0
     if start:
         state, record = checkpoints.restore(state, start)
+        record.setdefault("best_score", record.pop("best_miou", None))  # older records
         print(f"Resuming {checkpoints.directory} from step {start}.", flush=True)
     shards = data_shards(config)
     if record.get("data_shards", shards) != shards and jax.process_index() == 0:
@@ -329,6 +331,12 @@ def announce(run: Run, facts: dict) -> None:
             f"{f['epochs']} epochs in this run)",
             flush=True,
         )
+    ev = run.config.eval
+    print(
+        f"  validation: {ev.dataset}/{ev.config}/{ev.split} every {ev.every_steps} steps and at "
+        f"the end; best/ keeps the best {ev.select}",
+        flush=True,
+    )
 
 
 def weights_metadata(run: Run, **run_facts) -> dict:

@@ -4,10 +4,13 @@
           + lambda_target * L_target(main_t)                             target, unlabelled
           [+ lambda_seg * lambda_target * CE(aux_t, multi-level labels)]
 
-as the original computes it (docs/original.md, "Losses"): the source batch goes
-through the model first and the target batch second, each normalised by its own BN
-statistics in training mode, with the running statistics updated by the source pass and
-then by the target pass. Source-only training (`loss.target = 'none'`) skips the target pass.
+as the original computes it (docs/protocol.md): the source batch goes through the model
+first and the target batch second, each normalised by its own BN statistics in training
+mode, with the running statistics updated by the source pass and then by the target pass.
+Source-only training (`loss.target = 'none'`) skips the target pass. `loss.multi_level` is
+the original's `--multi True`: the aux CE on the source in every run (source-only included:
+that is how the source model of IW+Multi gets a trained aux head), and the self-produced
+guidance on the target when adapting.
 """
 
 from __future__ import annotations
@@ -66,8 +69,6 @@ def check_loss_config(loss: Mapping) -> None:
         raise ConfigError(
             f"config.loss.target={loss['target']!r}; valid: {', '.join(TARGET_LOSS_NAMES)}"
         )
-    if loss["multi_level"] and loss["target"] == "none":
-        raise ConfigError("config.loss.multi_level needs a target loss (config.loss.target).")
 
 
 def compute_loss(params, batch_stats, source, target, *, model: DeepLabV2, loss: Mapping):

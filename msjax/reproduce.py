@@ -1,0 +1,87 @@
+r"""`python -m msjax.reproduce ROW`: one row of the paper, end to end, in one command.
+
+    python -m msjax.reproduce gta2city:iw_multi --gta5 RAW --cityscapes RAW \
+        --init weights/init_19 --workdir runs/paper [--source-weights CONVERTED] \
+        [--data-dir DATA]
+    python -m msjax.reproduce city2nthu:rome --cityscapes RAW --nthu RAW \
+        --init weights/init_13 --workdir runs/paper
+    python -m msjax.reproduce gta2city:iw_multi,smoke --workdir /tmp/repro   # CPU, no data
+
+ROW is SETTING:ARG, the config `configs/SETTING.py:ARG` of the row's run (gta2city:source,
+gta2city:maxsquare, synthia2city:iw, city2nthu:rio,iw, ...). The command prepares the data
+it needs that is not prepared yet (from the raw folders), trains the source model the row
+needs (or adapts --source-weights), adapts, scores the chosen checkpoints under both
+protocols with and without flip, and writes WORKDIR/reports/ROW/report.{md,json} beside
+the paper's number (`msjax.reproduction`; docs/protocol.md lists every row's chain). The
+same command resumes an interrupted reproduction. Errors print one `error: ...` line and
+exit 2 (`--verbose` adds the traceback); SIGTERM saves the running stage and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from msjax import cli
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="python -m msjax.reproduce", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("row", help="SETTING:ARG, e.g. gta2city:iw_multi or city2nthu:rome[,smoke]")
+    p.add_argument("--workdir", required=True, help="folder of the runs and the report")
+    for dataset in ("gta5", "synthia", "cityscapes", "nthu"):
+        p.add_argument(f"--{dataset}", default=None, metavar="RAW",
+                       help=f"raw {dataset} folder (needed while not prepared)")  # fmt: skip
+    p.add_argument("--init", default=None, metavar="WEIGHTS",
+                   help="converted DeepLab ImageNet init the source model starts from")  # fmt: skip
+    p.add_argument("--source-weights", default=None, metavar="CONVERTED",
+                   help="a converted source model to adapt instead of training one")  # fmt: skip
+    p.add_argument("--data-dir", default=None, help="prepared data (default WORKDIR/data)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--verbose", action="store_true", help="tracebacks on errors")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    cli.quiet_tensorflow()
+    args = parse_args(argv)
+
+    def command() -> int:
+        from absl import logging as absl_logging
+
+        # TensorFlow (the data pipeline) prints C++ banners at import that no flag silences.
+        with cli.quiet_native_stderr():
+            from msjax.data import builders  # noqa: F401
+        from msjax import reproduction
+        from msjax.reproduction import data
+        from msjax.training import preemption
+
+        absl_logging.set_verbosity(absl_logging.INFO if args.verbose else absl_logging.WARNING)
+        row = reproduction.parse_row(args.row)
+        plan = reproduction.make_plan(
+            row, args.workdir, args.data_dir, args.init, args.source_weights
+        )
+        raw_dirs = {d: getattr(args, d) for d in ("gta5", "synthia", "cityscapes", "nthu")}
+        reproduction.check_plan(plan)
+        data.check_smoke_raw(plan, raw_dirs)
+        data.check_raw(data.missing(plan), raw_dirs, plan.data_dir)
+        reproduction.make_workdir(plan)
+        cli.start_training_process(plan.config)
+        record = reproduction.reproduce(plan, raw_dirs, progress=not args.no_progress)
+        if "stop_signal" in record:
+            return preemption.EXIT_STATUS.get(record["stop_signal"], 0)
+        if "paths" in record:
+            from msjax.reproduction import scoring
+
+            print("\n" + scoring.markdown(record))
+            print("wrote " + ", ".join(record["paths"].values()))
+        return 0
+
+    return cli.run(command, verbose=args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The prepared data a reproduction reads, and preparing what is missing from the raw folders.
+
+Every (data set, config) a stage trains or validates on, and the evaluation's images, must be
+prepared in the plan's data folder; the ones that are not are prepared from the raw folder
+given for their data set (`--gta5`, `--synthia`, `--cityscapes`, `--nthu`) with
+`msjax.data.preparation.prepare_one`, or generated (synthetic smoke data). Only the `full`
+configs, which the `full` protocol needs, are never prepared here: they are scored when
+present (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+from msjax.data import builders, synthetic
+from msjax.errors import ConfigError, DataError
+from msjax.evaluation import protocol
+from msjax.reproduction.plan import RAW_FLAGS, Plan
+
+SMOKE_EVAL_DATASET = "synthetic"
+
+
+def eval_input(plan: Plan) -> tuple[str, str]:
+    """(data set as msjax.evaluate names it, input size) of the report's evaluations."""
+    if plan.row.smoke:
+        return SMOKE_EVAL_DATASET, plan.config.eval.config
+    return plan.row.eval_dataset, protocol.DEFAULT_INPUT_SIZE
+
+
+def eval_setting(plan: Plan, protocol_name: str = "original") -> protocol.Setting:
+    """Where the report's evaluation reads its images (and labels) under a protocol."""
+    dataset, size = eval_input(plan)
+    return protocol.resolve(dataset, protocol_name, None, size)
+
+
+def needed(plan: Plan) -> list[tuple[str, str]]:
+    """Every (data set, config) the plan's stages and its 'original' evaluation read."""
+    wanted = set()
+    for stage in plan.stages:
+        c = stage.config
+        wanted |= {(c.source.dataset, c.source.config), (c.eval.dataset, c.eval.config)}
+        if c.loss.target != "none":
+            wanted.add((c.target.dataset, c.target.config))
+    setting = eval_setting(plan)
+    wanted.add((setting.builder, setting.image_config))
+    return sorted(wanted)
+
+
+def missing(plan: Plan) -> list[tuple[str, str]]:
+    """The needed (data set, config) pairs not prepared in the plan's data folder."""
+    return [
+        (dataset, config)
+        for dataset, config in needed(plan)
+        if config not in builders.prepared_configs(dataset, plan.data_dir)
+    ]
+
+
+def check_raw(todo: list[tuple[str, str]], raw_dirs: dict, data_dir: str) -> None:
+    """Raises ConfigError unless every data set to prepare has an existing raw folder."""
+    for dataset, config in todo:
+        if dataset in synthetic.SYNTHETIC_DATASETS:
+            continue
+        flag, raw = RAW_FLAGS[dataset], raw_dirs.get(dataset)
+        if not raw:
+            raise ConfigError(
+                f"{dataset} {config} is not prepared in {data_dir}: pass {flag} RAW_DIR (the "
+                f"raw download folder) to prepare it, or --data-dir where it is prepared."
+            )
+        if not os.path.isdir(os.path.expanduser(raw)):
+            raise ConfigError(f"{flag} {raw}: no such folder.")
+
+
+def check_smoke_raw(plan: Plan, raw_dirs: dict) -> None:
+    """A smoke row reads generated data only: raw folders given to it are an error."""
+    given = [RAW_FLAGS[d] for d, raw in raw_dirs.items() if raw]
+    if plan.row.smoke and given:
+        raise ConfigError(
+            f"{', '.join(given)}: {plan.row.name} runs on generated synthetic data; "
+            "drop ',smoke' to use the raw data sets."
+        )
+
+
+def prepare_missing(plan: Plan, raw_dirs: dict, progress: bool = True) -> list[dict]:
+    """Prepares every missing (data set, config); returns the `prepare_one` summaries."""
+    from msjax.data.preparation import format_summary, prepare_one
+
+    summaries = []
+    for dataset, config in missing(plan):
+        raw = raw_dirs.get(dataset)
+        print(f"Preparing {dataset} {config} into {plan.data_dir} ...", flush=True)
+        try:
+            summary = prepare_one(dataset, config, plan.data_dir, raw_dir=raw, progress=progress)
+        except builders.BadPairError as e:
+            raise DataError(
+                f"{e} Prepare it with `python -m msjax.prepare {dataset} {raw} --data-dir "
+                f"{plan.data_dir} --config {config} --skip-bad` to leave such pairs out "
+                "(they are listed), then run this command again."
+            ) from e
+        print(format_summary(summary), flush=True)
+        summaries.append(summary)
+    return summaries
