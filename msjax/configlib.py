@@ -84,7 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     # A fixed number (a multiple of the process count) makes the data order, and the run,
     # the same on any number of processes.
     c.data_shards = 0
-    c.deterministic = False  # XLA's deterministic GPU kernels (README: Reproducibility)
+    c.deterministic = False  # XLA's deterministic GPU kernels (docs/reliability.md)
     c.model = ml_collections.ConfigDict(
         dict(
             num_classes=19,

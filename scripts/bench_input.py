@@ -13,7 +13,7 @@ prepares them at the training resolutions (GTA5 1280x720, Cityscapes 1024x512), 
   DataLoader workers).
 
 Prints images/s (two images per training step: one source, one target) and ms per step. The
-goal is a stream that never starves a ~20 ms GPU step, i.e. at least 100 images/s.
+goal is a stream that never starves the GPU step at its target time (docs/performance.md).
 """
 
 import argparse

@@ -168,7 +168,7 @@ def jax_setup(args) -> dict:
         rules=optim.faithful_rules(aspp_branches=2, aux_head_trained=False),
     )
     tx, _ = optim.make_optimizer(optim_cfg, variables["params"])
-    # Jitted too: eager tx.init compiles one tiny kernel per parameter shape (~50 s on GPU).
+    # Jitted too: eager tx.init compiles one tiny kernel per parameter shape (slow on GPU).
     state = jax.jit(lambda v: ts.create_train_state(v, tx))(variables)
     init_s = time.perf_counter() - t0
 

@@ -14,11 +14,12 @@ seconds left is skipped):
 4. full-model bf16 and TF32 logits against float32 at HIGHEST precision (one 512x1024 image);
 5. msjax bf16 with frozen BN (what per-image BN statistics cost).
 
-Without `--skip-measured` the first session's stages run first (measured on an H100 on
-2026-11-27 with native dilated convolutions, README.md): msjax bf16 + PyTorch fp32, msjax
+Without `--skip-measured` the first session's stages run first (their results, with
+native dilated convolutions, are in docs/performance.md): msjax bf16 + PyTorch fp32, msjax
 fp32 + PyTorch autocast bf16, and the dilated-convolution micro-benchmark with the compiled
-convolution windows. With it, the rest is estimated at 7-8 minutes on an H100 (each
-full-model compile took ~75 s there); `--budget` skips the last stages first.
+convolution windows. Each full-model stage spends most of its time compiling (compile
+times: docs/performance.md); `--budget` skips the last stages first. `--smoke` runs every
+stage with tiny shapes, to check this script on a CPU.
 
 Everything printed goes to OUT/gpu_check.log as well, with each stage's JSON rows beside it.
 """
@@ -42,8 +43,9 @@ def parity(size=(512, 1024)) -> None:
 
     Weights: the PyTorch reference's He-scaled random weights (tests.reference), converted;
     evaluation mode (running statistics). Training-mode logits of a *random* network are
-    chaotic under per-image BN (a 1e-5 input perturbation changes them by ~5e-3), so they
-    say nothing about precision; tests/test_precision.py checks training by its loss.
+    chaotic under per-image BN (a tiny input perturbation changes them far more than
+    round-off; docs/parity.md), so they say nothing about precision;
+    tests/test_precision.py checks training by its loss.
     """
     sys.path.insert(0, str(ROOT))
     import functools
@@ -96,7 +98,7 @@ def main() -> None:
         "--skip-measured",
         action="store_true",
         help="skip the first session's stages (native-atrous step rows and the atrous "
-        "micro-benchmark, measured on 2026-11-27)",
+        "micro-benchmark, in docs/performance.md)",
     )
     p.add_argument("--stage", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -139,8 +141,8 @@ def main() -> None:
                                       "--json", str(out / "step_e.json")]),
     ]  # fmt: skip
     if not args.skip_measured:
-        # The first session's stages (H100, 2026-11-27, native dilated convolutions): the
-        # rows and the dilated-convolution windows in README.md, run first.
+        # The first session's stages (native dilated convolutions): the rows and the
+        # dilated-convolution windows in docs/performance.md, run first.
         stages[:0] = [
             ("step_bf16_vs_torch_fp32", 200, step_a),
             ("step_fp32_and_torch_bf16", 200, step_b),

@@ -1,7 +1,7 @@
 """Checkpoints for tests: tiny random weights folders, and reading a run's saved train state.
 
 The weights are drawn with NumPy from the shapes `jax.eval_shape` gives (no RNG kernel is
-compiled per parameter shape, which costs ~0.8 s each on CPU). Kernels use He scaling
+compiled per parameter shape: one compilation each, slow on CPU). Kernels use He scaling
 instead of the original's normal(0, 0.01), so that the logits vary from pixel to pixel and
 the predictions hold many classes: with the original's init a random network predicts one
 class everywhere and an evaluation test could not tell a correct confusion matrix from a

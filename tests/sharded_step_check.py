@@ -18,11 +18,12 @@ function). What is deterministic, and checked:
 2. with those decisions computed once (from the 1-device forward) and shared by every run,
    the 8-device float32 step is as close to the exact step (the same step in float64 on one
    device) as the 1-device float32 step is: sharding adds no error of its own. Relative to
-   the update, the 1-device float32 error is itself ~1e-7 with batch BN but ~1e-4 with
-   per-image BN (the early layers' kernel gradients sum per-image contributions that nearly
-   cancel, so float32 round-off shows: a property of the function, not of the sharding, and
-   its size differs between CPUs), so a fixed tolerance would test the CPU; the ratio to the
-   1-device error tests the sharding. Loss and BN statistics must also agree to 1e-5.
+   the update, the 1-device float32 error is itself orders of magnitude larger with
+   per-image BN than with batch BN (the early layers' kernel gradients sum per-image
+   contributions that nearly cancel, so float32 round-off shows: a property of the
+   function, not of the sharding, and its size differs between CPUs; figures in
+   docs/reliability.md), so a fixed tolerance would test the CPU; the ratio to the 1-device
+   error tests the sharding. Loss and BN statistics must also agree to 1e-5.
    The sharing replaces `msjax.losses.iw_pixel_weights` and `msjax.losses.multi_level_labels`,
    the two functions that make the decisions, by constants: the rest of the step is real.
 """
@@ -72,7 +73,7 @@ def tree_rel(a, b, origin):
     """max |a - b| / max |b - origin| over a whole tree: differences relative to the update.
 
     Leaf by leaf would be meaningless for leaves that start at 0 (BN biases): after one step
-    they hold ~1e-5 and float32 summation order alone changes them by ~1e-10.
+    they hold tiny values, and float32 summation order alone changes them by a large part.
     """
     diff = max(
         float(np.max(np.abs(x - y)))

@@ -162,7 +162,7 @@ def test_parity_cases_really_ignore():
 
 
 def test_original_iw_breaks_for_batch_above_one():
-    """The verbatim original cannot broadcast its [N, N, H, W] weights; msjax loops per image."""
+    """The verbatim original cannot broadcast its [N, H, W] weights; msjax loops per image."""
     logits = torch.randn(2, 19, 5, 7)
     assert torch.equal(ref.iw_max_square_original(logits[:1]), ref.iw_max_square(logits[:1]))
     with pytest.raises(RuntimeError):

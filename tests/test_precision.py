@@ -67,11 +67,10 @@ def test_full_depth_bfloat16_logits_within_1e_2_of_float32():
     """ResNet-101 depth, the reference's He-scaled random weights, evaluation mode.
 
     Evaluation mode (running statistics): training-mode logits of a *random* network under
-    per-image BN are chaotic (in float32, a 1e-5 relative input perturbation moves them by
-    ~5e-3, measured), so a bf16-vs-f32 gap there measures the network, not the arithmetic;
-    bf16 training is checked by its loss below. Measured on CPU (jax 0.10.2), 2x65x97:
-    |a-b|_2/|b|_2 = 1.0e-2 (main), 9.6e-3 (aux); max|a-b|/max|b| = 1.2e-2, 1.3e-2: the
-    rounding of ~100 layers of bf16 activations (2^-9 each).
+    per-image BN are chaotic (in float32, a tiny input perturbation moves them far more than
+    round-off), so a bf16-vs-f32 gap there measures the network, not the arithmetic; bf16
+    training is checked by its loss below. The tolerances leave room over the rounding of
+    ~100 layers of bf16 activations (2^-9 each); measured figures: docs/parity.md.
     """
     from msjax.weights import names
     from tests.reference.deeplabv2_torch import DeepLabV2Torch, randomize_
@@ -143,11 +142,10 @@ def test_bfloat16_step_keeps_state_and_losses_float32():
 def test_bfloat16_gradient_follows_float32_at_one_step():
     """One step from the same weights and batch, so nothing has diverged yet.
 
-    Measured on CPU (jax 0.10.2) over init seeds 0-2, on both instruction-set paths of
-    docs/reliability.md: cosine similarity of the whole gradient 0.969-0.973, relative L2
-    difference 0.23-0.25. Per-image BN makes the early layers' kernel gradients a sum of
-    nearly cancelling per-image terms, so bfloat16 rounding (2^-9) shows there far more than
-    in the logits; a broken bfloat16 path (statistics or losses in bfloat16) scores far lower.
+    Per-image BN makes the early layers' kernel gradients a sum of nearly cancelling
+    per-image terms, so bfloat16 rounding (2^-9) shows there far more than in the logits; a
+    broken bfloat16 path (statistics or losses in bfloat16) scores far lower. The bounds hold
+    on both instruction-set paths of docs/reliability.md; measured figures: docs/parity.md.
     """
     source, target = tiny_batches()[0]
     grads, values = {}, {}
@@ -176,11 +174,10 @@ def test_bfloat16_training_reaches_the_float32_loss(tiny_runs):
     """SEEDS pairs of runs (init and batch order from the seed), STEPS steps each.
 
     Compared: the mean total loss over the last 8 steps. Two runs of the same seed diverge
-    (float32 alone ends 0.23-0.57 apart across seeds, measured), so the bound is statistical:
+    (float32 alone ends at different losses on different CPUs), so the bound is statistical:
     the bfloat16 mean over seeds must lie within 3 standard errors (from both dtypes'
     seed-to-seed spread) of the float32 mean, and every run must lose more than half of its
-    initial loss. Measured on CPU (jax 0.10.2), 5 seeds: float32 0.333 +- 0.135, bfloat16
-    0.335 +- 0.074 (mean +- sd), from about 2.9.
+    initial loss. Measured figures: docs/parity.md.
     """
     ends = {}
     for name, runs in tiny_runs.items():

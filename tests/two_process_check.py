@@ -41,10 +41,10 @@ def config(data_dir, steps=STEPS):
 
     # MaxSquare, not IW MaxSquare: IW's pixel weights are a step function of the argmax, so
     # float32 round-off (one device reduces over both images, two devices all-reduce) can
-    # flip one pixel's argmax at step 2 and move the gradients by ~1e-3, a property of the
-    # loss rather than of the distribution (measured: momentum 3.7e-3 relative apart after
-    # three IW steps, 6.4e-6 for MaxSquare). The 8-device check (tests/sharded_step_check.py)
-    # compares one IW step.
+    # flip one pixel's argmax in a later step and move the gradients far more than
+    # round-off, a property of the loss rather than of the distribution (figures:
+    # docs/reliability.md). The 8-device check (tests/sharded_step_check.py) compares one
+    # IW step.
     c = load_config("gta2city", "maxsquare,smoke")
     c.data_dir = data_dir
     c.batch_pairs = 2
@@ -167,7 +167,7 @@ def driver() -> int:
     # statistics (running variances reach ~20) relative to theirs. The optimiser state is
     # the momentum, a sum of raw gradients: one device reduces a weight gradient over both
     # images in one convolution, two devices sum per image and all-reduce, so float32
-    # round-off differs more there (measured 6.6e-6 to 7.2e-6 relative); it gets MOMENTUM_TOLERANCE.
+    # round-off differs more there (docs/reliability.md); it gets MOMENTUM_TOLERANCE.
     for part in ("params", "batch_stats", "opt_state"):
         pairs = list(zip(jax.tree.leaves(a[part]), jax.tree.leaves(b[part]), strict=True))
         diff = max(float(np.max(np.abs(x - y))) for x, y in pairs)

@@ -79,10 +79,10 @@ class Views:
 
 
 # Matmul/convolution precision of inference. 'highest' is true float32: on NVIDIA GPUs the
-# 'default' lets XLA use TF32 (10-bit mantissa) convolutions, ~3x faster, which flipped the
-# argmax of 8e-4 of the pixels of a random DeepLabV2-R101 on an H100 (PyTorch's cuDNN
-# convolutions also default to TF32). Evaluation defaults to 'highest' (22 ms per 1024x512
-# image on an H100, against 7 ms) so that a number does not depend on the GPU generation.
+# 'default' lets XLA use TF32 (10-bit mantissa) convolutions, faster but enough to flip the
+# argmax of some pixels (PyTorch's cuDNN convolutions also default to TF32). Evaluation
+# defaults to 'highest' so that a number does not depend on the GPU generation; what each
+# costs and changes: docs/performance.md, "Evaluation precision on GPU".
 PRECISIONS = ("highest", "default")
 DEFAULT_PRECISION = "highest"
 

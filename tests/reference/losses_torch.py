@@ -7,8 +7,8 @@ departures, both documented in docs/original.md:
 
 * cross-entropy with every pixel ignored is 0 here (PyTorch's mean reduction gives NaN);
 * the image-wise weighted loss is given twice: ``iw_max_square_original`` is the original
-  verbatim (valid at batch 1 only: it shares one argmax map across the batch and fails to
-  broadcast for batch > 1), and ``iw_max_square`` loops over the batch, which is the
+  verbatim (valid at batch 1 only: its weights have no class axis and fail to broadcast
+  for batch > 1), and ``iw_max_square`` loops over the batch, which is the
   behaviour msjax implements for any batch size.
 """
 
@@ -33,9 +33,9 @@ def max_square(logits):
 def iw_max_square_original(logits, ratio=0.2):
     """The original ``IW_MaxSquareloss`` verbatim (ignore_index -1, label None).
 
-    Only correct at batch 1: ``weight[argpred]`` indexes with the whole batch's argmax map,
-    so the stacked weights are ``[N, N, H, W]`` and do not broadcast against ``[N, C, H, W]``
-    unless ``N == 1`` (or, by accident, ``N == C``).
+    Only correct at batch 1: the stacked weights are ``[N, H, W]``, with no class axis, so
+    they do not broadcast against ``[N, C, H, W]`` unless ``N == 1`` (or, by accident,
+    ``N == C``, where image j's weights multiply class j of every image).
     """
     ignore_index = -1
     prob = F.softmax(logits, dim=1)
@@ -54,7 +54,7 @@ def iw_max_square_original(logits, ratio=0.2):
         hist = hist[1:]
         weight = (
             1 / torch.max(torch.pow(hist, ratio) * torch.pow(hist.sum(), 1 - ratio), torch.ones(1))
-        )[argpred].detach()
+        )[argpred[i]].detach()
         weights.append(weight)
     weights = torch.stack(weights, dim=0)
     mask = mask_arg.unsqueeze(1).expand_as(prob)
