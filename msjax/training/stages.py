@@ -39,9 +39,15 @@ def finished_summary(folder: str, steps: int) -> dict | None:
     path = os.path.join(folder, "results.json")
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        summary = json.load(f)
-    return summary if summary.get("final_step", 0) >= steps else None
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        # Damaged (results.json is written atomically, so not by msjax): run the stage
+        # again; it resumes from its checkpoints and writes the file anew.
+        return None
+    finished = isinstance(summary, dict) and summary.get("final_step", 0) >= steps
+    return summary if finished else None
 
 
 def run_stage(stage: Stage, chain_dir: str) -> dict:
