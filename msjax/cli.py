@@ -253,4 +253,11 @@ def start_training_process(config) -> None:
     if config.distributed:
         import jax
 
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except ValueError as e:  # raised by this call only when there is no job to join
+            raise ConfigError(
+                f"config.distributed=True, but JAX found no multi-host job to join ({e}). "
+                "Start the processes with a launcher JAX detects (SLURM, Open MPI, "
+                "Kubernetes, Cloud TPU), or leave config.distributed=False on one machine."
+            ) from None

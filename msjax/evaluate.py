@@ -67,6 +67,8 @@ def check_args(args) -> Path:
             f"--data-dir {args.data_dir!r} {what}: give the folder the data sets were "
             "prepared into (python -m msjax.prepare ... --data-dir DATA)."
         )
+    if args.split is not None and not args.split.strip():
+        raise ConfigError("--split is empty: name a split, or leave it out for the default.")
     views = inference.Views.from_flags(args.flip, args.scales)
     if args.out is None:
         out = protocol.default_out_dir(args.checkpoint, args.dataset, args.protocol, views)

@@ -8,6 +8,7 @@ listed in docs/errors.md (CATALOGUE in tests/test_errors.py).
 
 import errno
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,7 @@ def evaluate_args(weights_dir, data_dir, out, *more):
         ("", "DATA", "evaluate empty --out"),
         ("o", "missing", "evaluate missing --data-dir"),
         ("o", "FILE", "evaluate --data-dir that is a file"),
+        ("o", "DATA", "evaluate empty --split"),
     ],
 )
 def test_evaluate_arguments(weights_dir, smoke_data_dir, tmp_path, capsys, out, data, case):
@@ -199,6 +201,8 @@ def test_evaluate_arguments(weights_dir, smoke_data_dir, tmp_path, capsys, out, 
     out = str(tmp_path / out) if out else ""
     data = smoke_data_dir if data == "DATA" else str(tmp_path / data)
     args = evaluate_args(weights_dir, data, out, "--save-predictions")
+    if case == "evaluate empty --split":
+        args += ["--split", ""]
     refused(capsys, evaluate.main, args, case)
     assert sorted(os.listdir(tmp_path)) == ["FILE"]
 
@@ -266,6 +270,7 @@ def predict_args(weights_dir, images, out, *more):
         (["--images", ""], "predict empty --images"),
         ([], "predict two images with one output name"),
         ([], "predict a file that is no image"),
+        ([], "predict a decompression bomb"),
     ],
 )
 def test_predict_arguments(weights_dir, images, tmp_path, capsys, args, case):
@@ -274,6 +279,12 @@ def test_predict_arguments(weights_dir, images, tmp_path, capsys, args, case):
         Image.open(images / "a.png").save(images / "a.jpg")
     if case == "predict a file that is no image":
         (images / "sub" / "zero.png").write_bytes(b"")
+    if case == "predict a decompression bomb":  # a header claiming 20000x20000 pixels
+        fake_data.write_png16(images / "sub" / "huge.png", np.zeros((1, 1), np.uint16))
+        data = bytearray((images / "sub" / "huge.png").read_bytes())
+        data[16:24] = (20000).to_bytes(4, "big") * 2
+        data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+        (images / "sub" / "huge.png").write_bytes(bytes(data))
     flags = {"--checkpoint": str(weights_dir), "--images": str(images),
              "--out": str(tmp_path / "out")}  # fmt: skip
     for key, value in zip(args[::2], args[1::2], strict=True):

@@ -11,7 +11,7 @@ from msjax import config_checks, configlib, demo, train
 from msjax.errors import ConfigError, UserError, WeightsError
 from msjax.training.workdir import flatten
 from tests.test_errors import CATALOGUE, fails, smoke
-from tests.test_train import load_config
+from tests.test_train import load_config, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +164,13 @@ def test_weights_error_names_what_the_path_is(tmp_path):
 
     with pytest.raises(WeightsError, match="training run's folder; pass its weights, e.g. "):
         weights.read_metadata(str(tmp_path / "run"))
+
+
+def test_distributed_without_a_cluster_cli(tmp_path):
+    """jax.distributed.initialize() found no job to join: its ValueError was a traceback."""
+    result = run_cli(
+        "--config", "gta2city.py:smoke", f"--workdir={tmp_path}/run", "--config.distributed=True"
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert CATALOGUE["distributed without a cluster"] in result.stderr
+    assert not os.path.exists(tmp_path / "run")

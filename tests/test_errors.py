@@ -72,6 +72,7 @@ CATALOGUE = {
     "evaluate empty --out": "--out is empty: give the folder to write to.",
     "predict empty --out": "--out is empty: give the folder to write to.",
     "predict empty --images": "--images is empty",
+    "evaluate empty --split": "--split is empty: name a split, or leave it out",
     "predict out inside the images folder": "wrote 6 files",
     "demo fields": "config.demo.source_steps=0: must be an integer >= 1",
     "demo field checked after a stage": "config.demo.adapt_lr=nan: must be a finite number",
@@ -100,6 +101,7 @@ CATALOGUE = {
     "evaluate a run folder": "it is a training run's folder; pass its weights, e.g.",
     "predict --out that is a file": "is a file, not a folder.",
     "predict a file that is no image": "(not an image, or damaged).",
+    "predict a decompression bomb": "could be decompression bomb DOS attack.",
     "data dir that is a file": "is a file; give the folder the data sets were prepared into.",
     "optimizer rules misspelt": "must be 'faithful' or a list of [regex, group] pairs",
     "optimizer rule not a regex": "'(' is not a regular expression",
@@ -112,6 +114,7 @@ CATALOGUE = {
     "init checkpoint a .pth": "it is a file (a .pth must be converted first)",
     "resume with another architecture": "cannot continue with this model, even with",
     "missing config file": "nope.py does not exist; give a config file",
+    "distributed without a cluster": "config.distributed=True, but JAX found no multi-host job",
     "damaged stage summary": "the stage runs again",
     # -- The first catalogue (before issue 17): already one clear line.
     "missing data dir": "does not exist. Prepare the data sets there",

@@ -93,6 +93,8 @@ def check_images(images: list[Path]) -> None:
         try:
             with Image.open(path) as img:
                 img.size  # noqa: B018 (reading the header is the check)
+        except Image.DecompressionBombError as e:
+            raise DataError(f"cannot read image {path}: {e}") from e
         except (OSError, SyntaxError, ValueError) as e:
             raise DataError(f"cannot read image {path}: {e} (not an image, or damaged).") from e
 
@@ -136,6 +138,8 @@ def read_image(path: Path) -> np.ndarray:
             if img.mode.startswith("I;16"):  # 16-bit grey: keep the top 8 bits, not clip
                 img = Image.fromarray((np.asarray(img, np.uint32) >> 8).astype(np.uint8))
             return np.asarray(img.convert("RGB"))
+    except Image.DecompressionBombError as e:
+        raise DataError(f"cannot read image {path}: {e}") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {e} (unreadable or truncated file).") from e
 
