@@ -6,7 +6,9 @@ no traceback, and that nothing was written or lost; the cases and their messages
 listed in docs/errors.md (CATALOGUE in tests/test_errors.py).
 """
 
+import contextlib
 import errno
+import io
 import os
 import zlib
 from pathlib import Path
@@ -44,6 +46,25 @@ def refused(capsys, main, args, case) -> str:
 # ---- prepare ---------------------------------------------------------------------------
 
 
+def _folder_splits() -> list[str]:
+    """`--split-lists none` where msjax.prepare has it: the fake raw folders hold a few
+    pairs, not the original's lists (a branch without the flag uses the folders anyway)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            prepare.parse_args(["gta5", "--data-dir", "D", "--split-lists", "none"])
+    except SystemExit:
+        return []
+    return ["--split-lists", "none"]
+
+
+FOLDER_SPLITS = _folder_splits()
+
+
+def prepare_main(argv) -> int:
+    """msjax.prepare's entry point on a fake raw folder (its own splits)."""
+    return prepare.main([*map(str, argv), *FOLDER_SPLITS])
+
+
 @pytest.fixture(scope="module")
 def gta5(tmp_path_factory):
     """A GTA5 raw folder, one whose second label is RGB, and a data dir prepared from the first."""
@@ -58,7 +79,7 @@ def gta5(tmp_path_factory):
 
 def prepared_copy(gta5, tmp_path) -> Path:
     data = tmp_path / "data"
-    assert prepare.main(["gta5", str(gta5 / "raw"), "--data-dir", str(data), "--no-progress"]) == 0
+    assert prepare_main(["gta5", gta5 / "raw", "--data-dir", data, "--no-progress"]) == 0
     return data
 
 
@@ -87,7 +108,7 @@ def test_prepare_arguments(gta5, tmp_path, capsys, args, case):
             dataset = arg[8:]
         else:
             rest.append(str(tmp_path / arg) if arg in ("FILE", "FILE/sub", "D") else arg)
-    refused(capsys, prepare.main, [dataset, raw, *rest], case)
+    refused(capsys, prepare_main, [dataset, raw, *rest], case)
     assert sorted(os.listdir(tmp_path)) == ["FILE"]  # nothing created
 
 
@@ -96,13 +117,13 @@ def test_prepare_overwrite_that_fails_keeps_the_prepared_data(gta5, tmp_path, ca
     data = prepared_copy(gta5, tmp_path)
     before = tree(data)
     args = ["gta5", gta5 / "bad", "--data-dir", data, "--overwrite", "--no-progress"]
-    err = refused(capsys, prepare.main, args, "prepare --overwrite from a bad raw folder")
+    err = refused(capsys, prepare_main, args, "prepare --overwrite from a bad raw folder")
     assert "00002.png has mode RGB" in err
     assert tree(data) == before
     assert builders.load_builder("gta5", "1280x720", data).info.splits["train"].num_examples == 3
     # A good rebuild replaces it.
     args = ["gta5", gta5 / "raw", "--data-dir", data, "--overwrite", "--no-progress"]
-    assert prepare.main([str(a) for a in [*args, "--max-examples", "2"]]) == 0
+    assert prepare_main([*args, "--max-examples", "2"]) == 0
     assert builders.load_builder("gta5", "1280x720", data).info.splits["train"].num_examples == 2
     assert sorted(os.listdir(data / "gta5" / "1280x720")) == ["1.0.0"]
 
@@ -119,7 +140,7 @@ def test_prepare_interrupted_keeps_the_prepared_data(gta5, tmp_path, capsys, mon
 
     monkeypatch.setattr(builders, "process_pair", interrupted)
     args = ["gta5", str(gta5 / "raw"), "--data-dir", str(data), "--overwrite", "--no-progress"]
-    assert prepare.main(args + ["--workers", "1"]) == 130
+    assert prepare_main(args + ["--workers", "1"]) == 130
     err = capsys.readouterr().err
     assert "Interrupted (Ctrl-C)" in err and "Traceback" not in err
     assert tree(data) == before and sorted(os.listdir(data / "gta5" / "1280x720")) == ["1.0.0"]
