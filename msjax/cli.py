@@ -54,6 +54,9 @@ def quiet_native_stderr():
 def run(command: Callable[[], int | None], *, verbose: bool = False) -> int:
     """Runs one command; returns its exit status.
 
+    Every `python -m msjax.COMMAND` runs all its work, argument parsing included, through
+    here, so a UserError anywhere ends it with one line and status 2.
+
     Args:
       command: the command's work; returns its exit status (None means 0).
       verbose: also print the traceback of a UserError.
@@ -69,9 +72,30 @@ def run(command: Callable[[], int | None], *, verbose: bool = False) -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("Interrupted (Ctrl-C).", file=sys.stderr, flush=True)
+        print(
+            "Interrupted (Ctrl-C). Outputs being written were discarded; earlier ones are intact.",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_INTERRUPTED
     return 0 if status is None else int(status)
+
+
+def stopped_before_start(signum: int) -> int:
+    """Reports a stop signal received before a training command started; its exit status."""
+    from msjax.training import preemption
+
+    print(f"Stopped by {preemption.SIGNAL_TEXT[signum]} before the run started; nothing was "
+          "written.", file=sys.stderr, flush=True)  # fmt: skip
+    return preemption.EXIT_STATUS[signum]
+
+
+def check_workdir(workdir) -> None:
+    """Raises ConfigError unless --workdir names a folder (an empty string would be '.')."""
+    from msjax.errors import ConfigError
+
+    if workdir is None or not str(workdir).strip():
+        raise ConfigError("--workdir is required: the folder of the run.")
 
 
 def wants_verbose(argv) -> bool:
@@ -128,6 +152,28 @@ def resolve_config_path(argv: list[str]) -> list[str]:
     return out
 
 
+def config_file_problem(argv: list[str]) -> str | None:
+    """What is wrong with the --config FILE of a command line (None if it is a file).
+
+    ml_collections would report a missing file only when the config is first used, with
+    its traceback.
+    """
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            value = arg[len("--config=") :]
+        elif arg == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        else:
+            continue
+        path = value.partition(":")[0]
+        if os.path.isfile(path):
+            return None
+        known = sorted(f for f in os.listdir(CONFIGS_DIR) if f.endswith(".py"))
+        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        return f"--config {value}: {path} {what}; give a config file, e.g. one of {known}."
+    return None
+
+
 def _without_traceback(message: str, verbose: bool) -> str:
     """ml_collections puts a config file's traceback into its flag error: keep its last line."""
     head, sep, trace = message.partition("Traceback (most recent call last):")
@@ -152,6 +198,10 @@ def parse_config_flags(argv: list[str], default_config: str | None = None):
         argv = [*argv, f"--config={default_config}"]
     argv = resolve_config_path(list(argv))
     verbose = wants_verbose(argv)
+    problem = config_file_problem(argv)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USER_ERROR
     try:
         FLAGS(argv)
         value = config.value
@@ -199,8 +249,16 @@ def start_training_process(config) -> None:
         print(f"Deterministic GPU kernels requested (XLA_FLAGS={os.environ['XLA_FLAGS']}).")
     from msjax.data import hide_gpus_from_tensorflow
 
-    hide_gpus_from_tensorflow()
+    with quiet_native_stderr():  # TensorFlow's C++ banners would bury an error message
+        hide_gpus_from_tensorflow()
     if config.distributed:
         import jax
 
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except ValueError as e:  # raised by this call only when there is no job to join
+            raise ConfigError(
+                f"config.distributed=True, but JAX found no multi-host job to join ({e}). "
+                "Start the processes with a launcher JAX detects (SLURM, Open MPI, "
+                "Kubernetes, Cloud TPU), or leave config.distributed=False on one machine."
+            ) from None

@@ -3,20 +3,23 @@
 `check_config(config)` raises `msjax.errors.ConfigError` naming the first field at fault,
 its value and what is allowed, so that a run never starts (or, worse, "succeeds") with a
 value that cannot work: a non-positive number of steps, a non-finite loss weight, an
-unknown BN mode. Checks that need the data or the devices (prepared data sets, the device
-count) happen where those are known.
+unknown BN mode or data set, a data dir that is a file, weights that are not a weights
+folder. Every field of `msjax.configlib.base_config` has a check (`checked_fields`; a test
+keeps it so). Checks that need the prepared data or the devices (splits, example counts,
+the device count) happen where those are known.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
 from msjax.configlib import SELECT_METRICS
-from msjax.data.labels import VALID_NUM_CLASSES
+from msjax.data.labels import IGNORE, VALID_NUM_CLASSES
 from msjax.data.normalize import NORMALIZATIONS
-from msjax.errors import ConfigError
+from msjax.errors import ConfigError, DataError
 from msjax.models import ATROUS_IMPLS, BN_MODES, STRIDE_PLACEMENTS
 from msjax.training.step import TARGET_LOSS_NAMES
 
@@ -57,11 +60,53 @@ def boolean(v) -> str | None:
     return None if isinstance(v, bool) else "True or False"
 
 
-def positive_pair_or_none(v) -> str | None:
+def seed(v) -> str | None:
+    """An integer in [0, 2**62): seeds feed jax.random.key (int64) and seed + 1 is used too."""
+    return None if _is_int(v) and 0 <= v < 2**62 else "an integer in [0, 2**62)"
+
+
+def text(v) -> str | None:
+    return None if isinstance(v, str) else "a string"
+
+
+def name(v) -> str | None:
+    return None if isinstance(v, str) and v.strip() else "a non-empty name"
+
+
+def scale_range_or_none(v) -> str | None:
+    """None, or (min, max) finite scale factors with 0 < min <= max."""
     if v is None:
         return None
-    ok = isinstance(v, tuple | list) and len(v) == 2 and all(_is_number(x) and x > 0 for x in v)
-    return None if ok else "None or two positive numbers"
+    ok = isinstance(v, tuple | list) and len(v) == 2
+    ok = ok and all(_is_number(x) and math.isfinite(x) and x > 0 for x in v) and v[0] <= v[1]
+    return None if ok else "None or (min, max) scale factors with 0 < min <= max"
+
+
+def size_or_none(v) -> str | None:
+    """None, or (width, height) in whole pixels >= 1."""
+    if v is None:
+        return None
+    ok = isinstance(v, tuple | list) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v)
+    return None if ok else "None or (width, height) in whole pixels, e.g. (1280, 640)"
+
+
+def optimizer_rules(v) -> str | None:
+    """'faithful', or a list of [regex, group] pairs (each regex must compile)."""
+    if v == "faithful":
+        return None
+    allowed = "'faithful' or a list of [regex, group] pairs"
+    if not isinstance(v, tuple | list) or not v:
+        return allowed
+    for rule in v:
+        if not (isinstance(rule, tuple | list) and len(rule) == 2):
+            return allowed
+        if not all(isinstance(x, str) for x in rule):
+            return allowed
+        try:
+            re.compile(rule[0])
+        except re.error as e:
+            return f"{allowed}; {rule[0]!r} is not a regular expression ({e})"
+    return None
 
 
 def blocks(v) -> str | None:
@@ -71,8 +116,9 @@ def blocks(v) -> str | None:
 
 # field -> check; a check returns None when the value is fine, else what is allowed.
 FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "seed": integer(0),
+    "seed": seed,
     "batch_pairs": integer(1),
+    "data_dir": text,
     "data_shards": integer(0),
     "distributed": boolean,
     "deterministic": boolean,
@@ -85,6 +131,7 @@ FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "model.atrous": one_of(*ATROUS_IMPLS),
     "model.remat": boolean,
     "model.dtype": one_of(*DTYPES),
+    "init.checkpoint": text,
     "init.normalization": one_of(*NORMALIZATIONS),
     "loss.target": one_of(*TARGET_LOSS_NAMES),
     "loss.lambda_target": number(0.0),
@@ -93,18 +140,24 @@ FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "loss.multi_level": boolean,
     "loss.multi_threshold": number(0.0, 1.0),
     "loss.lambda_seg": number(0.0),
-    "loss.ignore_index": integer(0),
+    # Prepared labels store "no label" as 255 (msjax.data.labels): another value would
+    # silently train on unlabelled pixels, or ignore a real class.
+    "loss.ignore_index": one_of(IGNORE),
     "optim.lr": number(0.0, low_open=True),
     "optim.momentum": number(0.0, 1.0, high_open=True),
     "optim.weight_decay": number(0.0),
     "optim.poly_power": number(0.0),
     "optim.iter_max": integer(1),
+    "optim.rules": optimizer_rules,
     "train.steps": integer(1),
     "train.log_every": integer(1),
     "train.checkpoint_every": integer(1),
     "train.keep_checkpoints": integer(1),
     "train.tensorboard": boolean,
     "train.num_images": integer(0),
+    "eval.dataset": name,
+    "eval.config": name,
+    "eval.split": name,
     "eval.batch_size": integer(1),
     "eval.every_steps": integer(1),
     "eval.select": one_of(*SELECT_METRICS),
@@ -113,11 +166,16 @@ FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
 }
 for _stream in ("source", "target"):
     FIELD_CHECKS.update({
+        f"{_stream}.dataset": name,
+        f"{_stream}.config": name,
+        f"{_stream}.split": name,
         f"{_stream}.flip": boolean,
         f"{_stream}.blur": boolean,
-        f"{_stream}.random_scale": positive_pair_or_none,
-        f"{_stream}.crop_size": positive_pair_or_none,
+        f"{_stream}.random_scale": scale_range_or_none,
+        f"{_stream}.crop_size": size_or_none,
     })  # fmt: skip
+# Fields checked by code below rather than by one function.
+OTHER_CHECKED = ("optim.groups",)
 
 
 def _get(config, dotted: str):
@@ -127,11 +185,14 @@ def _get(config, dotted: str):
     return node
 
 
-def check_config(config) -> None:
-    """Raises ConfigError for the first field whose value cannot work.
+def check_config(config, check_paths: bool = True) -> None:
+    """Raises ConfigError (or a UserError naming the field) for the first value that cannot work.
 
     Args:
       config: an experiment ConfigDict (msjax.configlib fields).
+      check_paths: also check that config.data_dir is not a file and that
+        config.init.checkpoint is a weights folder (off for configs of stages whose
+        weights an earlier stage will write).
     """
     for field, check in FIELD_CHECKS.items():
         try:
@@ -152,3 +213,50 @@ def check_config(config) -> None:
             f"config.eval.select='miou13' needs 16 classes (the 13 of 16 SYNTHIA classes), "
             f"but config.model.num_classes={config.model.num_classes}; use 'miou'."
         )
+    if config.train.steps > config.optim.iter_max:
+        raise ConfigError(
+            f"config.train.steps={config.train.steps} exceeds config.optim.iter_max="
+            f"{config.optim.iter_max}: the poly schedule's learning rate is 0 from iter_max on, "
+            "so the steps after it would not train. Raise config.optim.iter_max or lower "
+            "config.train.steps."
+        )
+    check_data_names(config)
+    if check_paths:
+        check_config_paths(config)
+
+
+def check_data_names(config) -> None:
+    """Raises ConfigError for an unknown data set or config name of a stream or the eval."""
+    from msjax.data import builders
+
+    for section in ("source", "target", "eval"):
+        fields = config[section]
+        try:
+            builders.check_config(fields.dataset, fields.config)
+        except DataError as e:
+            raise ConfigError(f"config.{section}: {e}") from None
+
+
+def check_config_paths(config) -> None:
+    """Raises a UserError naming config.data_dir or config.init.checkpoint if unusable."""
+    import os
+
+    from msjax import weights
+    from msjax.errors import WeightsError
+
+    data_dir = os.path.expanduser(config.data_dir)
+    if config.data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise ConfigError(
+            f"config.data_dir={config.data_dir} is a file; give the folder the data sets "
+            "were prepared into."
+        )
+    if config.init.checkpoint:
+        try:
+            weights.read_metadata(os.path.expanduser(config.init.checkpoint))
+        except WeightsError as e:
+            raise WeightsError(f"config.init.checkpoint: {e}") from None
+
+
+def checked_fields() -> set[str]:
+    """Every config field some check covers (a test compares it with the config's fields)."""
+    return set(FIELD_CHECKS) | set(OTHER_CHECKED)

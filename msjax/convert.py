@@ -37,13 +37,30 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def check_args(args) -> None:
+    """Raises ConfigError for an argument only the command line restricts.
+
+    The library (`msjax.weights.pytorch.convert`) checks the rest before reading anything.
+    """
+    from msjax.data.labels import VALID_NUM_CLASSES
+    from msjax.errors import ConfigError
+
+    if args.num_classes is not None and args.num_classes not in VALID_NUM_CLASSES:
+        raise ConfigError(
+            f"--num-classes {args.num_classes}: must be one of {sorted(VALID_NUM_CLASSES)}, "
+            "the class sets msjax trains and evaluates (19 GTA5 -> Cityscapes, 16 SYNTHIA -> "
+            "Cityscapes, 13 cross-city)."
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    args = parse_args(argv)
 
     def command():
+        args = parse_args(argv)  # inside cli.run: a Ctrl-C while it imports is one line
         from msjax.weights.pytorch import convert
 
+        check_args(args)
         convert(
             args.src,
             args.out_dir,
@@ -54,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
         )
 
-    return cli.run(command, verbose=args.verbose)
+    return cli.run(command, verbose=cli.wants_verbose(sys.argv if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-from msjax import cli
+from msjax import cli, outputs
 
 # (name, title, target loss, lambda_target or None for the config's)
 STAGES = (
@@ -94,33 +94,60 @@ def run_demo(config, workdir: str) -> dict:
     }
     if jax.process_index() == 0:
         print_table(results, {stage.name: stage.title for stage in stages})
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        outputs.write_text(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     return results
+
+
+def check_demo_config(config) -> None:
+    """Raises ConfigError for a demo field that cannot work, and checks every stage's config.
+
+    Runs before the first stage, so that a bad adaptation field does not surface only after
+    the source stage has trained.
+    """
+    from msjax import config_checks
+    from msjax.errors import ConfigError
+
+    checks = {
+        "source_steps": config_checks.integer(1),
+        "adapt_steps": config_checks.integer(1),
+        "adapt_lr": config_checks.number(0.0, low_open=True),
+    }
+    for field, check in checks.items():
+        value = config.demo.get(field)
+        allowed = check(value)
+        if allowed is not None:
+            raise ConfigError(f"config.demo.{field}={value!r}: must be {allowed}.")
+    for stage in demo_stages(config, "WORKDIR"):
+        config_checks.check_config(stage.config, check_paths=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
+    from msjax.training import preemption
+
     cli.quiet_tensorflow()
     argv = list(sys.argv if argv is None else argv)
-    parsed = cli.parse_config_flags(argv, default_config="demo.py")
-    if isinstance(parsed, int):
-        return parsed
-    flags, config = parsed
+    # Ctrl-C and SIGTERM are recorded from here on, never lost (msjax.training.preemption).
+    with preemption.StopSignals() as signals:
+        parsed = cli.parse_config_flags(argv, default_config="demo.py")
+        if isinstance(parsed, int):
+            return parsed
+        if signals.received() is not None:
+            return cli.stopped_before_start(signals.received())
+        flags, config = parsed
 
-    def command() -> int:
-        from msjax.errors import ConfigError
-        from msjax.training import preemption
+        def command() -> int:
+            from msjax.errors import ConfigError
 
-        if flags.workdir is None:
-            raise ConfigError("--workdir is required: the folder of the demo's runs.")
-        if "demo" not in config:
-            raise ConfigError("--config: msjax.demo needs a demo config (configs/demo.py).")
-        cli.start_training_process(config)
-        results = run_demo(config, flags.workdir)
-        return preemption.EXIT_STATUS.get(results.get("stop_signal"), 0)
+            cli.check_workdir(flags.workdir)
+            if "demo" not in config:
+                raise ConfigError("--config: msjax.demo needs a demo config (configs/demo.py).")
+            check_demo_config(config)
+            cli.start_training_process(config)
+            results = run_demo(config, flags.workdir)
+            return preemption.EXIT_STATUS.get(results.get("stop_signal"), 0)
 
-    return cli.run(command, verbose=flags.verbose)
+        return cli.run(command, verbose=flags.verbose)
 
 
 if __name__ == "__main__":

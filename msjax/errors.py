@@ -39,3 +39,7 @@ class WorkdirError(UserError):
 
 class TrainingError(UserError):
     """A run that cannot start or had to stop (e.g. a non-finite loss)."""
+
+
+class OutputError(UserError):
+    """An output cannot be written (disk full, no permission); what was there is intact."""

@@ -7,7 +7,8 @@
 `original` compares with labels resized nearest to the input size (the paper's protocol),
 `full` with the native 2048x1024 labels (`msjax.evaluation.protocol`). The report prints
 per-class IoU beside the paper's row and writes OUT/results.json, OUT/results.md and
-OUT/iou.png; `--save-predictions` adds Cityscapes label-id PNGs in OUT/predictions/.
+OUT/iou.png; `--save-predictions` adds Cityscapes label-id PNGs in OUT/predictions/. They
+replace an earlier report only once all are written; other files in OUT are left alone.
 """
 
 from __future__ import annotations
@@ -49,38 +50,67 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def check_args(args) -> Path:
+    """Checks the arguments that name files and folders; returns the report folder.
+
+    The evaluation's own arguments (data set, protocol, scales, batch size, checkpoint
+    contents) are checked by `msjax.evaluation.protocol.evaluate` before it reads any data.
+    """
+    from msjax import outputs
+    from msjax.errors import ConfigError
+    from msjax.evaluation import inference, protocol
+
+    data_dir = Path(args.data_dir).expanduser()
+    if not str(args.data_dir).strip() or not data_dir.is_dir():
+        what = "is a file" if data_dir.is_file() else "does not exist"
+        raise ConfigError(
+            f"--data-dir {args.data_dir!r} {what}: give the folder the data sets were "
+            "prepared into (python -m msjax.prepare ... --data-dir DATA)."
+        )
+    if args.split is not None and not args.split.strip():
+        raise ConfigError("--split is empty: name a split, or leave it out for the default.")
+    views = inference.Views.from_flags(args.flip, args.scales)
+    if args.out is None:
+        out = protocol.default_out_dir(args.checkpoint, args.dataset, args.protocol, views)
+    else:
+        out = args.out
+    return outputs.check_output_folder(out, "--out")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     cli.quiet_tensorflow()
-    args = parse_args(argv)
 
     def command():
+        args = parse_args(argv)  # inside cli.run: a Ctrl-C while it imports is one line
+        from msjax import outputs
         from msjax.evaluation import inference, protocol, report
 
+        out = check_args(args)
         # TensorFlow (the data pipeline) prints C++ banners at import that no flag silences.
         with cli.quiet_native_stderr():
             from msjax.data import builders, pipeline  # noqa: F401
-        views = inference.Views.from_flags(args.flip, args.scales)
-        default = protocol.default_out_dir(args.checkpoint, args.dataset, args.protocol, views)
-        out = Path(args.out or default)
-        results = protocol.evaluate(
-            args.checkpoint,
-            args.dataset,
-            args.data_dir,
-            protocol=args.protocol,
-            views=views,
-            split=args.split,
-            input_size=args.input_size,
-            batch_size=args.batch_size,
-            predictions_dir=out / "predictions" if args.save_predictions else None,
-            precision=args.precision,
-            progress=not args.no_progress,
-        )
-        paths = report.write_report(results, out, args.method)
+        # Everything is written under a staging folder and moved into OUT only at the end:
+        # a failed or interrupted evaluation leaves an earlier report in OUT as it was.
+        with outputs.Staging(out) as staging:
+            results = protocol.evaluate(
+                args.checkpoint,
+                args.dataset,
+                args.data_dir,
+                protocol=args.protocol,
+                views=inference.Views.from_flags(args.flip, args.scales),
+                split=args.split,
+                input_size=args.input_size,
+                batch_size=args.batch_size,
+                predictions_dir=staging.path / "predictions" if args.save_predictions else None,
+                precision=args.precision,
+                progress=not args.no_progress,
+            )
+            paths = report.write_report(results, staging.path, args.method)
         print(report.format_table(results, args.method))
-        print("wrote " + ", ".join(str(v) for v in paths.values()))
+        print("wrote " + ", ".join(str(staging.final(p)) for p in paths.values()))
 
-    return cli.run(command, verbose=args.verbose)
+    return cli.run(command, verbose=cli.wants_verbose(sys.argv if argv is None else argv))
 
 
 if __name__ == "__main__":

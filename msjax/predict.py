@@ -6,7 +6,8 @@
 
 For every image (any size, PNG or JPEG) it writes NAME_color.png, NAME_overlay.png and,
 with --label-ids, NAME_labelIds.png (the benchmark's submission format) under OUT, keeping
-the images' relative folders (`msjax.evaluation.predictor`).
+the images' relative folders (`msjax.evaluation.predictor`). Nothing lands in OUT until every
+image is done (a failure leaves OUT as it was); images under OUT are never inputs.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    args = parse_args(argv)
 
     def command():
+        args = parse_args(argv)  # inside cli.run: a Ctrl-C while it imports is one line
         from msjax.evaluation import inference, predictor
 
         written = predictor.predict_files(
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"wrote {len(written)} files to {args.out}")
 
-    return cli.run(command, verbose=args.verbose)
+    return cli.run(command, verbose=cli.wants_verbose(sys.argv if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -71,11 +71,41 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def check_args(args, synthetic_names) -> None:
+    """Raises ConfigError naming the first argument that cannot work, before any work.
+
+    Args:
+      args: the parsed arguments.
+      synthetic_names: the generated data sets (which take no RAW_DIR).
+    """
+    from pathlib import Path
+
+    from msjax import outputs
+    from msjax.errors import ConfigError
+
+    outputs.check_output_folder(args.data_dir, "--data-dir")
+    generated = args.dataset == "synthetic" or args.dataset in synthetic_names
+    if generated and args.raw_dir is not None:
+        raise ConfigError(
+            f"{args.dataset} is generated, not read: RAW_DIR ({args.raw_dir}) must not be given."
+        )
+    if not generated and args.raw_dir is not None:
+        raw = Path(args.raw_dir).expanduser()
+        if not str(args.raw_dir).strip():
+            raise ConfigError("RAW_DIR is empty: give the raw download folder.")
+        if raw.exists() and not raw.is_dir():
+            raise ConfigError(f"RAW_DIR {raw} is a file; give the raw download folder.")
+    for flag, value in (("--workers", args.workers), ("--max-examples", args.max_examples)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: must be an integer >= 1 (or left out).")
+
+
 def prepare(args) -> None:
     """Prepares every config the arguments name, printing a summary after each."""
     from msjax.data import preparation, synthetic
     from msjax.errors import DataError
 
+    check_args(args, synthetic.SYNTHETIC_DATASETS)
     # TensorFlow prints C++ banners at import that no flag silences.
     with cli.quiet_native_stderr():
         from msjax.data import builders
@@ -111,8 +141,9 @@ def prepare(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     cli.quiet_tensorflow()
-    args = parse_args(argv)
-    return cli.run(lambda: prepare(args), verbose=args.verbose)
+    # Parsing inside cli.run too: a Ctrl-C while it imports is one line, not a traceback.
+    verbose = cli.wants_verbose(sys.argv if argv is None else argv)
+    return cli.run(lambda: prepare(parse_args(argv)), verbose=verbose)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,7 @@ def run(config, workdir: str | None, *, verbose=False, allow_config_change=False
     def command() -> int:
         from msjax.errors import ConfigError
 
-        if workdir is None:
-            raise ConfigError("--workdir is required: the folder of the run.")
+        cli.check_workdir(workdir)
         if "demo" in config:
             raise ConfigError(
                 "this is the demo's config: run it with python -m msjax.demo --workdir DIR."
@@ -43,17 +42,23 @@ def run(config, workdir: str | None, *, verbose=False, allow_config_change=False
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
+    from msjax.training import preemption
+
     cli.quiet_tensorflow()
-    parsed = cli.parse_config_flags(list(sys.argv if argv is None else argv))
-    if isinstance(parsed, int):
-        return parsed
-    flags, config = parsed
-    return run(
-        config,
-        flags.workdir,
-        verbose=flags.verbose,
-        allow_config_change=flags.allow_config_change,
-    )
+    # Ctrl-C and SIGTERM are recorded from here on, never lost (msjax.training.preemption).
+    with preemption.StopSignals() as signals:
+        parsed = cli.parse_config_flags(list(sys.argv if argv is None else argv))
+        if isinstance(parsed, int):
+            return parsed
+        if signals.received() is not None:
+            return cli.stopped_before_start(signals.received())
+        flags, config = parsed
+        return run(
+            config,
+            flags.workdir,
+            verbose=flags.verbose,
+            allow_config_change=flags.allow_config_change,
+        )
 
 
 if __name__ == "__main__":

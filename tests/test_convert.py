@@ -209,14 +209,26 @@ def test_error_unexpected_key(tmp_path, capsys, tiny_state_dict):
 
 def test_refuses_non_empty_output_unless_forced(tmp_path, capsys, tiny_state_dict):
     torch.save(tiny_state_dict, tmp_path / "m.pth")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep.txt").write_text("user data")
-    code, err = run_cli([tmp_path / "m.pth", tmp_path / "out"], capsys)
-    assert code == 2 and "not empty" in err and (tmp_path / "out" / "keep.txt").exists()
+    assert run_cli([tmp_path / "m.pth", tmp_path / "out"], capsys)[0] == 0
+    before = (tmp_path / "out" / "metadata.json").read_text()
+    code, err = run_cli([tmp_path / "m.pth", tmp_path / "out", "--seed", "3"], capsys)
+    assert code == 2 and "not empty; pass --force" in err
+    assert (tmp_path / "out" / "metadata.json").read_text() == before
     code, _ = run_cli([tmp_path / "m.pth", tmp_path / "out", "--force"], capsys)
-    assert code == 0 and not (tmp_path / "out" / "keep.txt").exists()
+    assert code == 0
     model, _ = weights.load(tmp_path / "out")
     assert model.num_classes == 5
+
+
+def test_force_never_replaces_a_folder_that_is_not_weights(tmp_path, capsys, tiny_state_dict):
+    """--force replaces an earlier weights folder only: never a folder of the user's files."""
+    torch.save(tiny_state_dict, tmp_path / "m.pth")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("user data")
+    code, err = run_cli([tmp_path / "m.pth", tmp_path / "out", "--force"], capsys)
+    assert code == 2 and "not a msjax weights folder" in err and "Traceback" not in err
+    assert (tmp_path / "out" / "keep.txt").read_text() == "user data"
+    assert sorted(os.listdir(tmp_path)) == ["m.pth", "out"]  # no temporary folder left
 
 
 def test_load_errors_name_the_problem(tmp_path, tiny_state_dict):

@@ -116,7 +116,7 @@ def test_sixteen_class_checkpoint_and_glob(images, checkpoints, tmp_path):
         (["--images", "/nonexistent/*.png"], "matches no image"),
         (["--images", "BROKEN"], "cannot read image"),
         (["--input-size", "wide"], "--input-size"),
-        (["--checkpoint", "/nonexistent"], "metadata.json"),
+        (["--checkpoint", "/nonexistent"], "is not a converted weights folder: it does not exist"),
     ],
 )
 def test_predict_errors(images, checkpoints, tmp_path, capsys, flags, message):

@@ -4,16 +4,19 @@
 returns a summary; `format_summary` turns it into the closing report of
 `python -m msjax.prepare` (pairs prepared, the list that defined each split and how many
 listed pairs were missing on disk, pairs skipped with the reason, the stored label
-histogram, the raw image sizes). TFDS writes into a temporary folder renamed at the end,
-so a failed run leaves nothing half-written.
+histogram, the raw image sizes). Every build goes into a temporary folder beside the
+prepared one and is swapped in only when complete (`build_and_swap`), so a failed or
+interrupted run, with or without --overwrite, leaves the prepared data as it was.
 """
 
 import collections
 import contextlib
 import io
 import os
+import shutil
 from pathlib import Path
 
+from msjax import outputs
 from msjax.data import datasets, labels
 from msjax.data.synthetic import SYNTHETIC_DATASETS
 from msjax.errors import DataError
@@ -127,14 +130,18 @@ def prepare_one(
         layout = datasets.discover(
             dataset, raw_dir, city=city, split_lists=split_lists, skip_missing=skip_bad
         )
-    builder = cls(
-        data_dir=os.fspath(data_dir),
-        config=config,
-        layout=layout,
-        progress=_progress(f"{dataset}/{config}", progress),
-        num_workers=num_workers,
-        skip_bad=skip_bad,
-    )
+
+    def make_builder(root):
+        return cls(
+            data_dir=os.fspath(root),
+            config=config,
+            layout=layout,
+            progress=_progress(f"{dataset}/{config}", progress),
+            num_workers=num_workers,
+            skip_bad=skip_bad,
+        )
+
+    builder = make_builder(data_dir)
     summary = dict(dataset=dataset, config=config, path=builder.data_dir, already=False)
     import tensorflow_datasets as tfds
 
@@ -146,22 +153,13 @@ def prepare_one(
             split_lists=(builder.info.metadata or {}).get("split_lists"),
         )
         return summary
-    mode = tfds.download.GenerateMode
-    # TFDS's own bars and "Downloading and preparing..." lines would only confuse: nothing
-    # is downloaded, and our bar counts images.
-    tfds.disable_progress_bar()
-    with contextlib.redirect_stdout(io.StringIO()):
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(
-                manual_dir=os.fspath(raw_dir) if raw_dir else None,
-                try_download_gcs=False,
-                compute_stats=tfds.download.ComputeStatsMode.SKIP,
-                max_examples_per_split=max_examples,
-                download_mode=mode.REUSE_CACHE_IF_EXISTS
-                if overwrite
-                else mode.REUSE_DATASET_IF_EXISTS,
-            )
-        )
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=os.fspath(raw_dir) if raw_dir else None,
+        try_download_gcs=False,
+        compute_stats=tfds.download.ComputeStatsMode.SKIP,
+        max_examples_per_split=max_examples,
+    )
+    builder = build_and_swap(make_builder, Path(builder.data_dir), download_config)
     st = builder.stats
     summary.update(
         splits={k: v.num_examples for k, v in builder.info.splits.items()},
@@ -188,6 +186,38 @@ def _lists_line(s: dict) -> str:
     if not lists:
         return "splits: not recorded (prepared by an msjax without split lists)"
     return "splits from lists: " + "; ".join(f"{k} = {v}" for k, v in sorted(lists.items()))
+
+
+def build_and_swap(make_builder, final: Path, download_config):
+    """Builds a data set beside its prepared folder `final` and swaps it in only on success.
+
+    TFDS would delete an existing prepared folder before rebuilding it (so a failed rebuild
+    lost the data set). Instead the builder writes under a temporary data dir beside `final`
+    (`msjax.outputs.staged_folder`); once the build is complete its version folder takes
+    the place of `final` in one step. A failed or interrupted build leaves `final` as it was.
+
+    Args:
+      make_builder: data dir -> a builder of the data set and config.
+      final: DATA/<dataset>/<config>/<version>, prepared or not.
+      download_config: TFDS's DownloadConfig (manual dir, caps, no statistics).
+
+    Returns:
+      The builder that built the data (its stats and info describe it).
+    """
+    import tensorflow_datasets as tfds
+
+    with outputs.staged_folder(final, "prepared data set") as tmp:
+        builder = make_builder(tmp / "tfds")
+        # TFDS's own bars and "Downloading and preparing..." lines would only confuse:
+        # nothing is downloaded, and our bar counts images.
+        tfds.disable_progress_bar()
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare(download_config=download_config)
+        built = Path(builder.data_dir)
+        for entry in built.iterdir():  # the version folder's files become the staged folder
+            os.rename(entry, tmp / entry.name)
+        shutil.rmtree(tmp / "tfds")
+    return builder
 
 
 def format_summary(s: dict) -> str:

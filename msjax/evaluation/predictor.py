@@ -31,15 +31,19 @@ from msjax.evaluation import inference, visualize
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def find_images(pattern: str) -> tuple[list[Path], Path]:
+def find_images(pattern: str, exclude=None) -> tuple[list[Path], Path]:
     """The images a PATH_OR_GLOB names, and the root their output paths are relative to.
 
     Args:
       pattern: an image file, a folder (searched recursively) or a glob ('**' allowed).
+      exclude: a folder whose images are left out (the output folder: a second run must not
+        take the first run's pictures for inputs).
 
     Returns:
       (sorted image paths, common root folder).
     """
+    if not str(pattern).strip():
+        raise ConfigError("--images is empty: give an image file, a folder or a quoted glob.")
     path = Path(os.path.expanduser(pattern))
     if path.is_file():
         return [path], path.parent
@@ -50,12 +54,49 @@ def find_images(pattern: str) -> tuple[list[Path], Path]:
         found = [Path(p) for p in sorted(glob.glob(os.path.expanduser(pattern), recursive=True))]
         found = [p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
         root = Path(os.path.commonpath([p.parent for p in found])) if found else Path(".")
+    if exclude is not None:
+        skip = Path(exclude).absolute()
+        found = [p for p in found if not p.absolute().is_relative_to(skip)]
     if not found:
         raise DataError(
             f"--images {pattern!r} matches no image ({', '.join(IMAGE_SUFFIXES)} files); give "
             "an image file, a folder, or a quoted glob such as 'leftImg8bit/val/*/*.png'."
         )
     return found, root
+
+
+def output_stems(images: list[Path], root: Path) -> list[Path]:
+    """Each image's output path under OUT, without suffix; DataError if two would share one.
+
+    Cityscapes file names end in _leftImg8bit; the outputs say what they hold instead, and
+    a.png and a.jpg in one folder would both write a_color.png.
+    """
+    stems, seen = [], {}
+    for path in images:
+        stem = path.relative_to(root).with_suffix("")
+        stem = stem.with_name(stem.name.removesuffix("_leftImg8bit"))
+        if stem in seen:
+            raise DataError(
+                f"{seen[stem]} and {path} would both be written as OUT/{stem}_color.png; "
+                "rename one, or predict them into different --out folders."
+            )
+        seen[stem] = path
+        stems.append(stem)
+    return stems
+
+
+def check_images(images: list[Path]) -> None:
+    """Opens every image's header before any work: DataError for a file that is no image."""
+    from PIL import Image
+
+    for path in images:
+        try:
+            with Image.open(path) as img:
+                img.size  # noqa: B018 (reading the header is the check)
+        except Image.DecompressionBombError as e:
+            raise DataError(f"cannot read image {path}: {e}") from e
+        except (OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"cannot read image {path}: {e} (not an image, or damaged).") from e
 
 
 def parse_input_size(text: str):
@@ -88,12 +129,17 @@ def network_size(image_wh: tuple[int, int], input_size) -> tuple[int, int]:
 
 def read_image(path: Path) -> np.ndarray:
     """An image file as uint8 RGB [H, W, 3]; DataError if it cannot be decoded."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as img:
             img.load()
+            img = ImageOps.exif_transpose(img)  # as a photo viewer shows a rotated JPEG
+            if img.mode.startswith("I;16"):  # 16-bit grey: keep the top 8 bits, not clip
+                img = Image.fromarray((np.asarray(img, np.uint32) >> 8).astype(np.uint8))
             return np.asarray(img.convert("RGB"))
+    except Image.DecompressionBombError as e:
+        raise DataError(f"cannot read image {path}: {e}") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {e} (unreadable or truncated file).") from e
 
@@ -191,20 +237,33 @@ def predict_files(
 ) -> list[Path]:
     """Labels every image a path or glob names and writes its pictures under out_dir.
 
+    Every argument and image header is checked before the model loads; the pictures are
+    written under a staging folder and merged into out_dir only when all are done
+    (`msjax.outputs.Staging`), so a failure half-way leaves out_dir as it was.
+
     Returns:
-      The written paths.
+      The written paths (under out_dir).
     """
     from tqdm import tqdm
 
-    images, root = find_images(pattern)
+    from msjax import outputs
+
+    if not (isinstance(alpha, int | float) and 0.0 <= alpha <= 1.0):
+        raise ConfigError(f"--alpha {alpha}: the overlay colour weight must be in [0, 1].")
+    out_dir = outputs.check_output_folder(out_dir, "--out")
+    images, root = find_images(pattern, exclude=out_dir)
+    stems = output_stems(images, root)
+    check_images(images)
     predictor = Predictor(checkpoint, views, input_size, precision)
-    out_dir = Path(out_dir)
-    written = []
-    for path in tqdm(images, desc="predict", unit="img", disable=not progress, file=sys.stderr):
-        image = read_image(path)
-        pred = predictor(image)
-        stem = out_dir / path.relative_to(root).with_suffix("")
-        # Cityscapes file names end in _leftImg8bit; the outputs say what they hold instead.
-        stem = stem.with_name(stem.name.removesuffix("_leftImg8bit"))
-        written += write_outputs(stem, image, pred, predictor.num_classes, alpha, label_ids)
-    return written
+    # Written under a staging folder, merged into OUT file by file only once every image is
+    # done: a failure half-way leaves OUT as it was.
+    with outputs.Staging(out_dir, merge=True) as staging:
+        written = []
+        bar = tqdm(images, desc="predict", unit="img", disable=not progress, file=sys.stderr)
+        for path, stem in zip(bar, stems, strict=True):
+            image = read_image(path)
+            pred = predictor(image)
+            written += write_outputs(
+                staging.path / stem, image, pred, predictor.num_classes, alpha, label_ids
+            )
+    return [staging.final(p) for p in written]

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from msjax import sharding
+from msjax import outputs, sharding
 from msjax.errors import TrainingError
 from msjax.training import preemption
 from msjax.training.checkpoints import export_weights
@@ -184,7 +184,9 @@ def train_loop(run: Run, signals: preemption.StopSignals) -> tuple[int, int | No
     history = MetricHistory()
     bar = tqdm(total=total, initial=run.start_step, desc="train", dynamic_ncols=True,
                disable=jax.process_index() != 0)  # fmt: skip
-    step, stop = run.start_step, None
+    # A signal received while the run was being built stops it before its first step.
+    step, stop = run.start_step, signals.requested()
+    signals.phase = preemption.TRAINING
     try:
         while step < total and stop is None:
             step += 1
@@ -201,6 +203,7 @@ def train_loop(run: Run, signals: preemption.StopSignals) -> tuple[int, int | No
                 save_state(run, step)
     finally:
         bar.close()
+        signals.phase = preemption.FINISHING
     return step, stop
 
 
@@ -216,11 +219,7 @@ def finish(run: Run, step: int, stop: int | None, facts: dict) -> dict:
     }
     if stop is not None:
         if jax.process_index() == 0:
-            print(
-                f"Stopped by {preemption.SIGNAL_TEXT[stop]}: saved step {step} in "
-                f"{run.checkpoints.directory}. Run the same command again to continue.",
-                flush=True,
-            )
+            print(stop_message(run, step, stop), flush=True)
         return dict(summary, stopped_by=preemption.SIGNAL_TEXT[stop], stop_signal=int(stop))
     if run.last_scores is None:  # restarted after its last step: score it all the same
         validate(run, step)
@@ -239,10 +238,19 @@ def finish(run: Run, step: int, stop: int | None, facts: dict) -> dict:
     if jax.process_index() == 0:
         # Atomic: a chain of runs (msjax.training.stages) takes this file as "finished".
         path = os.path.join(run.workdir, "results.json")
-        with open(f"{path}.tmp", "w") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(f"{path}.tmp", path)
+        outputs.write_text(path, json.dumps(summary, indent=2))
     return summary
+
+
+def stop_message(run: Run, step: int, stop: int) -> str:
+    """The one line a run stopped by a signal prints."""
+    by = f"Stopped by {preemption.SIGNAL_TEXT[stop]}"
+    again = "Run the same command again to continue."
+    if step == run.start_step:  # stopped while the run was being built
+        latest = run.checkpoints.latest_step()
+        saved = f"its latest checkpoint is step {latest}" if latest else "no checkpoint yet"
+        return f"{by} before the first step: nothing new to save ({saved}). {again}"
+    return f"{by}: saved step {step} in {run.checkpoints.directory}. {again}"
 
 
 def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) -> dict:

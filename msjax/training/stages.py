@@ -44,9 +44,15 @@ def finished_summary(folder: str, steps: int) -> dict | None:
     path = os.path.join(folder, "results.json")
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        summary = json.load(f)
-    return summary if summary.get("final_step", 0) >= steps else None
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        # Damaged (results.json is written atomically, so not by msjax): run the stage
+        # again; it resumes from its checkpoints and writes the file anew.
+        return None
+    finished = isinstance(summary, dict) and summary.get("final_step", 0) >= steps
+    return summary if finished else None
 
 
 def check_finished_config(stage: Stage, folder: str) -> None:

@@ -17,9 +17,20 @@ import time
 
 import jax
 
+from msjax import outputs
 from msjax.errors import WorkdirError
 
 CONFIG_FILE = "config.json"
+# Fields that fix the shapes of the train state: a run cannot continue with other values.
+ARCHITECTURE_FIELDS = (
+    "model.num_classes",
+    "model.blocks",
+    "model.width",
+    "model.stride_on",
+    "model.aspp_branches",
+)
+# What a run writes in its workdir besides config.json.
+RUN_OUTPUTS = ("checkpoints", "best", "final", "metrics.jsonl", "results.json", "tensorboard")
 
 # Flattened config fields that may differ when a run is resumed.
 BOOKKEEPING_FIELDS = (
@@ -60,22 +71,69 @@ def config_changes(previous: dict, current: dict) -> list[str]:
     return changes
 
 
+def checkpoint_steps(workdir: str) -> list[int]:
+    """Steps of the saved train states in the workdir (complete ones: Orbax's own names)."""
+    folder = os.path.join(workdir, "checkpoints")
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(int(name) for name in names if name.isdigit())
+
+
 def has_checkpoints(workdir: str) -> bool:
     """True when the workdir holds a saved train state (a run that made progress)."""
-    folder = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
+    return bool(checkpoint_steps(workdir))
+
+
+def _read_config(path: str, workdir: str) -> dict:
+    try:
+        with open(path) as f:
+            previous = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise WorkdirError(f"{path} is not valid JSON ({e}); is {workdir} a run?") from None
+    if not all(isinstance(previous, dict) and isinstance(previous.get(k), dict)
+               for k in ("model", "loss", "train")):  # fmt: skip
+        raise WorkdirError(
+            f"{path} is not the config of a msjax run, so --workdir {workdir} holds something "
+            "else; msjax would write over it. Use a new or empty folder."
+        )
+    return previous
+
+
+def check_not_another_folder(workdir: str) -> None:
+    """Refuses an existing folder that is not a run but holds what a run would write."""
+    if not os.path.isdir(workdir) or os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+        return
+    clashes = [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(workdir, name))]
+    if clashes:
+        raise WorkdirError(
+            f"--workdir {workdir} holds {clashes} but no {CONFIG_FILE}: it is not a msjax run, "
+            "and the run would write over them. Use a new or empty folder."
+        )
+
+
+def check_not_past_the_end(workdir: str, config) -> None:
+    """Refuses a workdir whose checkpoints are beyond config.train.steps (nothing to train)."""
+    steps = checkpoint_steps(workdir)
+    if steps and steps[-1] > config.train.steps:
+        raise WorkdirError(
+            f"workdir {workdir} holds a checkpoint of step {steps[-1]}, beyond "
+            f"config.train.steps={config.train.steps}: this config has nothing left to train "
+            "there. Raise --config.train.steps to continue the run, or use a new --workdir."
+        )
 
 
 def prepare_workdir(workdir: str, config, allow_config_change: bool = False) -> None:
     """Creates `workdir`, checks it is writable, and records the config in it.
 
     Raises:
-      WorkdirError: the folder cannot be created or written, or it holds checkpoints of a
-        config that differs in a field that changes the computation (unless
+      WorkdirError: the folder cannot be created or written; it is not a run but holds what
+        a run writes; its checkpoints are past config.train.steps; or it holds checkpoints
+        of a config that differs in a field that changes the computation (unless
         `allow_config_change`; then the new config is recorded beside the old one, as
         config.<time>.json). A workdir without checkpoints (a run that failed to start)
         takes the new config.
     """
+    check_not_another_folder(workdir)
+    check_not_past_the_end(workdir, config)
     try:
         os.makedirs(workdir, exist_ok=True)
         probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
@@ -87,14 +145,19 @@ def prepare_workdir(workdir: str, config, allow_config_change: bool = False) -> 
     path = os.path.join(workdir, CONFIG_FILE)
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     if os.path.exists(path):
-        with open(path) as f:
-            try:
-                previous = json.load(f)
-            except json.JSONDecodeError as e:
-                raise WorkdirError(f"{path} is not valid JSON ({e}); is {workdir} a run?") from None
+        previous = _read_config(path, workdir)
         current = json.loads(text)
         changes = config_changes(previous, current)
         resuming = has_checkpoints(workdir)
+        fixed = [c for c in changes if c.split(":")[0] in ARCHITECTURE_FIELDS]
+        if fixed and resuming:
+            raise WorkdirError(
+                f"workdir {workdir} holds train states of another architecture ("
+                + "; ".join(fixed)
+                + "): they cannot continue with this model, even with --allow_config_change. "
+                "Use a new --workdir (config.init.checkpoint can start it from this run's "
+                "best/ or final/ when the class count and backbone match)."
+            )
         if changes and resuming and not allow_config_change:
             listed = "\n  ".join(changes[:12])
             more = f"\n  ... and {len(changes) - 12} more" if len(changes) > 12 else ""
@@ -107,6 +170,4 @@ def prepare_workdir(workdir: str, config, allow_config_change: bool = False) -> 
             path = os.path.join(workdir, f"config.{int(time.time())}.json")
     if jax.process_index() == 0:
         # Atomic: another process may be reading the file at this moment.
-        with open(f"{path}.tmp", "w") as f:
-            f.write(text + "\n")
-        os.replace(f"{path}.tmp", path)
+        outputs.write_text(path, text + "\n")

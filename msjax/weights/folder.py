@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msjax.errors import WeightsError
+from msjax import outputs
+from msjax.errors import OutputError, WeightsError
 from msjax.models import DeepLabV2
 from msjax.weights.names import Path, flatten, torch_key
 
@@ -92,46 +92,68 @@ def _as_tuple(value):
     return tuple(value) if isinstance(value, list | tuple) else value
 
 
+def is_weights_folder(path) -> bool:
+    """Whether `path` is a folder holding a weights folder's metadata.json."""
+    return os.path.isfile(os.path.join(path, METADATA_FILE))
+
+
+def check_replaceable(out_dir: str, overwrite: bool) -> None:
+    """Raises WeightsError unless `out_dir` may receive a weights folder.
+
+    A missing or empty folder always may; an existing weights folder only with `overwrite`;
+    a folder of anything else never (replacing it would delete files msjax did not write).
+    """
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise WeightsError(f"{out_dir} is a file; give a folder to write the weights to.")
+    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+        return
+    if not is_weights_folder(out_dir):
+        raise WeightsError(
+            f"{out_dir} holds files that are not a msjax weights folder (no {METADATA_FILE}); "
+            "msjax replaces only its own weights folders. Choose another folder."
+        )
+    if not overwrite:
+        raise WeightsError(f"Output folder {out_dir} exists and is not empty; pass --force.")
+
+
 def save(
     out_dir: str, variables: Mapping[str, Any], metadata: Mapping[str, Any], overwrite=False
 ) -> None:
     """Writes `variables` (nested params / batch_stats) and `metadata` to a new folder.
 
-    The folder is written under a temporary name and renamed at the end, so an interrupted
-    conversion never leaves a folder that looks complete; with `overwrite`, an existing
-    folder is replaced only once the new one is complete. In a multi-process job only the
-    calling process takes part (Orbax's cross-process barriers are switched off), so one
-    process can save alone.
+    The folder is written under a temporary name beside `out_dir` and swapped in at the end
+    (`msjax.outputs.staged_folder`), so an interrupted or failed write never leaves a folder
+    that looks complete, and with `overwrite` an existing weights folder is replaced only
+    once the new one is complete. A folder that is not a weights folder is never replaced.
+    In a multi-process job only the calling process takes part (Orbax's cross-process
+    barriers are switched off), so one process can save alone.
+
+    Raises:
+      WeightsError: `out_dir` is a file, a non-empty folder without `overwrite`, or a folder
+        of something else.
+      OutputError: the write failed (disk full, permissions); `out_dir` is as it was.
     """
     import orbax.checkpoint as ocp
 
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise WeightsError(f"Output folder {out_dir} exists and is not empty; pass --force.")
-    tmp_dir = f"{out_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    try:
-        os.makedirs(tmp_dir)
-        alone = ocp.options.MultiprocessingOptions(
-            primary_host=jax.process_index(), active_processes={jax.process_index()}
-        )
-        with ocp.StandardCheckpointer(multiprocessing_options=alone) as ckptr:
-            ckptr.save(os.path.join(tmp_dir, VARIABLES_DIR), jax.tree.map(np.asarray, variables))
-            ckptr.wait_until_finished()
-        with open(os.path.join(tmp_dir, METADATA_FILE), "w") as f:
-            json.dump({"format": FORMAT_VERSION, **metadata}, f, indent=2, sort_keys=True)
-            f.write("\n")
-    except BaseException:
-        # A failed write (disk full, interrupt) must not leave a half folder behind.
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    if os.path.exists(out_dir):
-        old_dir = f"{out_dir}.old-{os.getpid()}"
-        os.rename(out_dir, old_dir)
-        os.rename(tmp_dir, out_dir)
-        shutil.rmtree(old_dir)
-    else:
-        os.rename(tmp_dir, out_dir)
+    check_replaceable(out_dir, overwrite)
+    with outputs.staged_folder(out_dir, "weights folder") as tmp_dir:
+        try:
+            alone = ocp.options.MultiprocessingOptions(
+                primary_host=jax.process_index(), active_processes={jax.process_index()}
+            )
+            with ocp.StandardCheckpointer(multiprocessing_options=alone) as ckptr:
+                path = os.path.join(tmp_dir, VARIABLES_DIR)
+                ckptr.save(path, jax.tree.map(np.asarray, variables))
+                ckptr.wait_until_finished()
+            with open(os.path.join(tmp_dir, METADATA_FILE), "w") as f:
+                json.dump({"format": FORMAT_VERSION, **metadata}, f, indent=2, sort_keys=True)
+                f.write("\n")
+        except OSError as e:
+            raise OutputError(
+                f"Could not write the weights folder {out_dir}: {e.strerror or e}. Anything "
+                f"at {out_dir} before is intact."
+            ) from e
 
 
 def read_metadata(weights_dir: str) -> dict[str, Any]:
@@ -139,8 +161,7 @@ def read_metadata(weights_dir: str) -> dict[str, Any]:
     path = os.path.join(weights_dir, METADATA_FILE)
     if not os.path.isfile(path):
         raise WeightsError(
-            f"{weights_dir} is not a converted weights folder: {METADATA_FILE} is missing. "
-            "Create one with `python -m msjax.convert SRC.pth OUT_DIR`."
+            f"{weights_dir} is not a converted weights folder: {_why_not(weights_dir)}"
         )
     try:
         with open(path) as f:
@@ -150,6 +171,21 @@ def read_metadata(weights_dir: str) -> dict[str, Any]:
     if metadata.get("format") != FORMAT_VERSION:
         raise WeightsError(f"{path}: format {metadata.get('format')!r}, expected {FORMAT_VERSION}")
     return metadata
+
+
+def _why_not(path: str) -> str:
+    """What `path` is instead of a weights folder, and what to pass."""
+    convert = "Create one with `python -m msjax.convert SRC.pth OUT_DIR`."
+    if not os.path.exists(path):
+        return f"it does not exist. {convert}"
+    if os.path.isfile(path):
+        return f"it is a file (a .pth must be converted first). {convert}"
+    runs = [sub for sub in ("best", "final") if is_weights_folder(os.path.join(path, sub))]
+    if runs:
+        return (
+            f"it is a training run's folder; pass its weights, e.g. {os.path.join(path, runs[-1])}."
+        )
+    return f"{METADATA_FILE} is missing. {convert}"
 
 
 def load(weights_dir: str, **model_overrides) -> tuple[DeepLabV2, dict[str, Any]]:

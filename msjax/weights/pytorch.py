@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msjax import outputs
 from msjax.errors import WeightsError
 from msjax.models import DeepLabV2
 from msjax.models.deeplabv2 import ASPPClassifier
@@ -65,9 +68,23 @@ def read_pth(path: str) -> Any:
     torch = import_torch()
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises pickle, zip and runtime errors for bad files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"Cannot read {path} as a PyTorch checkpoint: {reason}") from None
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            reason = (
+                "it holds Python objects besides tensors, numbers and containers, which msjax "
+                "does not unpickle (only plain state dicts and training checkpoints are read)"
+            )
+        else:
+            reason = f"not a PyTorch file, or a damaged one ({_first_line(e)})"
+    except Exception as e:  # torch raises zip, EOF and runtime errors for bad files
+        reason = f"not a PyTorch file, or a damaged one ({type(e).__name__}: {_first_line(e)})"
+    raise WeightsError(f"Cannot read {path} as a PyTorch checkpoint: {reason}.")
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message, without terminal escape codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -150,21 +167,22 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def check_arguments(src: str, out_dir: str, layout: str, num_classes, aspp_branches, force):
-    """Raises WeightsError naming the argument at fault, before anything is read or written."""
+def check_arguments(src: str, out_dir: str, layout: str, num_classes, aspp_branches, seed, force):
+    """Raises a UserError naming the argument at fault, before anything is read or written."""
+    if not str(src).strip():
+        raise WeightsError("SRC is empty: give the .pth file to convert.")
     if layout != "auto" and layout not in LAYOUTS:
         raise WeightsError(f"--layout must be auto or one of {', '.join(LAYOUTS)}; got {layout!r}")
     if num_classes is not None and num_classes < 1:
         raise WeightsError(f"--num-classes {num_classes}: must be a positive number of classes.")
     if aspp_branches not in (2, 4):
         raise WeightsError(f"--aspp-branches {aspp_branches}: must be 2 (faithful) or 4.")
-    out = os.path.abspath(out_dir)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise WeightsError(f"OUT_DIR {out} is a file; give a folder to write the weights to.")
-    if os.path.isdir(out) and os.listdir(out) and not force:
-        raise WeightsError(f"Output folder {out} exists and is not empty; pass --force.")
+    if seed < 0:
+        raise WeightsError(f"--seed {seed}: must be an integer >= 0.")
+    out = os.fspath(outputs.check_output_folder(out_dir, "OUT_DIR"))
     if os.path.abspath(src) == out:
         raise WeightsError(f"SRC and OUT_DIR are the same path: {out}.")
+    folder.check_replaceable(out, force)
 
 
 def _model_and_variables(sd, detected: str, src: str, num_classes, aspp_branches, seed, log):
@@ -226,7 +244,7 @@ def convert(
       force: replace an existing, non-empty out_dir.
       log: where progress lines go.
     """
-    check_arguments(src, out_dir, layout, num_classes, aspp_branches, force)
+    check_arguments(src, out_dir, layout, num_classes, aspp_branches, seed, force)
     obj = read_pth(src)
     detected = detect_layout(obj, src) if layout == "auto" else layout
     log(f"{src}: layout {detected}" + (" (detected)" if layout == "auto" else " (as requested)"))
