@@ -158,6 +158,8 @@ def config_file_problem(argv: list[str]) -> str | None:
     ml_collections would report a missing file only when the config is first used, with
     its traceback.
     """
+    from msjax.configlib import CONFIGS_DIR
+
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):
             value = arg[len("--config=") :]

@@ -117,22 +117,11 @@ def prepare_one(
     """
     from msjax.data import builders
 
-    cls = builders.builder_class(dataset)
     builders.check_config(dataset, config)
-    data_dir = Path(data_dir).expanduser().absolute()
-    layout = None
-    if dataset not in SYNTHETIC_DATASETS:
-        if raw_dir is None:
-            raise DataError(
-                f"{dataset}: RAW_DIR is required ({datasets.EXPECTED_LAYOUT[dataset]})."
-            )
-        city = config.split("_")[0] if dataset == "nthu" else None
-        layout = datasets.discover(
-            dataset, raw_dir, city=city, split_lists=split_lists, skip_missing=skip_bad
-        )
+    layout = _raw_layout(dataset, config, raw_dir, split_lists, skip_bad)
 
     def make_builder(root):
-        return cls(
+        return builders.builder_class(dataset)(
             data_dir=os.fspath(root),
             config=config,
             layout=layout,
@@ -141,12 +130,11 @@ def prepare_one(
             skip_bad=skip_bad,
         )
 
-    builder = make_builder(data_dir)
+    builder = make_builder(Path(data_dir).expanduser().absolute())
     summary = dict(dataset=dataset, config=config, path=builder.data_dir, already=False)
     import tensorflow_datasets as tfds
 
-    done = (Path(builder.data_dir) / "dataset_info.json").is_file()
-    if done and not overwrite:
+    if (Path(builder.data_dir) / "dataset_info.json").is_file() and not overwrite:
         summary.update(
             already=True,
             splits={k: v.num_examples for k, v in builder.info.splits.items()},
@@ -160,8 +148,28 @@ def prepare_one(
         max_examples_per_split=max_examples,
     )
     builder = build_and_swap(make_builder, Path(builder.data_dir), download_config)
+    summary.update(_build_facts(builder, layout))
+    return summary
+
+
+def _raw_layout(dataset: str, config: str, raw_dir, split_lists, skip_bad: bool):
+    """The raw folder's pairs per split (None for the generated synthetic sets)."""
+    if dataset in SYNTHETIC_DATASETS:
+        return None
+    if raw_dir is None:
+        raise DataError(f"{dataset}: RAW_DIR is required ({datasets.EXPECTED_LAYOUT[dataset]}).")
+    city = config.split("_")[0] if dataset == "nthu" else None
+    return datasets.discover(
+        dataset, raw_dir, city=city, split_lists=split_lists, skip_missing=skip_bad
+    )
+
+
+def _build_facts(builder, layout) -> dict:
+    """What a finished build saw, for the summary (see `prepare_one`'s Returns)."""
+    from msjax.data import builders
+
     st = builder.stats
-    summary.update(
+    return dict(
         splits={k: v.num_examples for k, v in builder.info.splits.items()},
         skipped=(list(layout.skipped) if layout else [])
         + [(path, "unreadable pair (--skip-bad)") for path, _ in st.bad],
@@ -173,7 +181,6 @@ def prepare_one(
         outside_files=st.outside_files,
         raw_sizes=st.raw_sizes,
     )
-    return summary
 
 
 def _lists_line(s: dict) -> str:
