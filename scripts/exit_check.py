@@ -38,7 +38,9 @@ def main(argv=None) -> int:
         root = Path(tmp)
         save_random_checkpoint(root / "ckpt", num_classes=19)
         fake_data.make_cityscapes(root / "raw")
-        prepare_one("cityscapes", "1024x512", root / "data", raw_dir=root / "raw")
+        prepare_one(
+            "cityscapes", "1024x512", root / "data", raw_dir=root / "raw", split_lists="none"
+        )
         for dataset in ("synthetic_source", "synthetic_target"):
             prepare_one(dataset, "128x64", root / "smoke", max_examples=24)
         inputs = {"root": root, "smoke_data": str(root / "smoke")}

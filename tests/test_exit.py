@@ -100,7 +100,7 @@ def cli_inputs(tmp_path_factory, smoke_data_dir):
     root = tmp_path_factory.mktemp("exit")
     save_random_checkpoint(root / "ckpt", num_classes=19)
     fake_data.make_cityscapes(root / "raw")
-    prepare_one("cityscapes", "1024x512", root / "data", raw_dir=root / "raw")
+    prepare_one("cityscapes", "1024x512", root / "data", raw_dir=root / "raw", split_lists="none")
     return {"root": root, "smoke_data": smoke_data_dir}
 
 
@@ -117,7 +117,7 @@ def commands(inputs, i: int) -> dict[str, list[str]]:
                     str(root / "raw" / "leftImg8bit" / "val"), "--out", str(root / f"pred{i}"),
                     "--input-size", "64", "--no-progress"],
         "prepare": ["msjax.prepare", "cityscapes", str(root / "raw"), "--data-dir",
-                    str(root / f"data{i}"), "--no-progress"],
+                    str(root / f"data{i}"), "--split-lists", "none", "--no-progress"],
     }  # fmt: skip
 
 

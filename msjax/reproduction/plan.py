@@ -193,7 +193,9 @@ def check_plan(plan: Plan) -> None:
     """
     row, n = plan.row, plan.config.model.num_classes
     for stage in plan.stages:
-        config_checks.check_config(stage.config)
+        # Weights an earlier stage writes do not exist yet; --init and --source-weights are
+        # checked below, every path again when its stage starts.
+        config_checks.check_config(stage.config, check_paths=False)
     init_hint = INIT_HINT.format(n=n)
     if row.smoke and plan.init:
         raise ConfigError(f"--init: {row.name} trains a tiny model from random weights.")

@@ -100,7 +100,9 @@ def run_stages(stages: list[Stage], chain_dir: str) -> dict[str, dict]:
       ConfigError: a stage's config has a field that cannot work (before any stage runs).
     """
     for stage in stages:
-        config_checks.check_config(stage.config)
+        # Paths are checked when each stage starts: a stage's weights may be an earlier
+        # stage's output, not written yet.
+        config_checks.check_config(stage.config, check_paths=False)
     summaries = {}
     for stage in stages:
         summaries[stage.name] = run_stage(stage, chain_dir)
