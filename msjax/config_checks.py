@@ -144,5 +144,3 @@ def check_config(config) -> None:
                 f"config.optim.groups.{name}={multiplier!r}: a learning-rate multiplier must "
                 "be a finite number >= 0."
             )
-    if config.loss.multi_level and config.loss.target == "none":
-        raise ConfigError("config.loss.multi_level needs a target loss (config.loss.target).")

@@ -146,8 +146,10 @@ def export(run: Run, folder: str, step: int, **facts) -> None:
 
 def validate(run: Run, step: int) -> float:
     """Validates the current weights; a new best mIoU is recorded and exported to best/."""
-    miou = run.validator.run(run.state.params, run.state.batch_stats, step, run.writer)["miou"]
+    scores = run.validator.run(run.state.params, run.state.batch_stats, step, run.writer)
+    miou = scores["miou"]
     run.last_miou = miou
+    run.last_class_iou = dict(zip(scores["classes"], scores["iou"], strict=True))
     if run.record["best_miou"] is None or miou > run.record["best_miou"]:
         run.record.update(best_miou=miou, best_step=step)
         cfg = run.config.eval
@@ -216,6 +218,7 @@ def finish(run: Run, step: int, stop: int | None, facts: dict) -> dict:
     export(run, "final", step, miou=run.last_miou)
     summary.update(
         last_miou=run.last_miou,
+        last_class_iou=run.last_class_iou,
         best_miou=run.record["best_miou"],
         best_step=run.record["best_step"],
         best=os.path.join(run.workdir, "best"),

@@ -47,6 +47,7 @@ class Run:
       checkpoints: the workdir's train states.
       writer: metrics.jsonl and TensorBoard.
       last_miou: the latest validation mIoU of this invocation (None before one).
+      last_class_iou: that validation's IoU per class name (None for a class never seen).
     """
 
     config: Any
@@ -67,6 +68,7 @@ class Run:
     checkpoints: RunCheckpoints
     writer: MetricWriter
     last_miou: float | None = None
+    last_class_iou: dict | None = None
 
     @property
     def adapting(self) -> bool:

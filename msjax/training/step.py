@@ -7,7 +7,14 @@
 as the original computes it (docs/original.md, "Losses"): the source batch goes
 through the model first and the target batch second, each normalised by its own BN
 statistics in training mode, with the running statistics updated by the source pass and
-then by the target pass. Source-only training (`loss.target = 'none'`) skips the target pass.
+then by the target pass. Source-only training (`loss.target = 'none'`) skips the target pass;
+with `loss.multi_level` it still trains the aux head on the source (the original's multi-level
+source model: CE(main) + lambda_seg * CE(aux)).
+
+Adaptation steps also report, for the paper's gradient argument, the share of pixels whose
+target prediction is easy (p > 0.9) and the share of the gradient w.r.t. the target logits
+that those pixels would receive under entropy minimisation and under maximum squares, at the
+current weights whatever loss trains (`losses.easy_gradient_share`).
 """
 
 from __future__ import annotations
@@ -66,8 +73,6 @@ def check_loss_config(loss: Mapping) -> None:
         raise ConfigError(
             f"config.loss.target={loss['target']!r}; valid: {', '.join(TARGET_LOSS_NAMES)}"
         )
-    if loss["multi_level"] and loss["target"] == "none":
-        raise ConfigError("config.loss.multi_level needs a target loss (config.loss.target).")
 
 
 def compute_loss(params, batch_stats, source, target, *, model: DeepLabV2, loss: Mapping):
@@ -116,7 +121,21 @@ def compute_loss(params, batch_stats, source, target, *, model: DeepLabV2, loss:
             )
             total = total + loss["lambda_seg"] * loss["lambda_target"] * terms["loss_multi"]
     terms["loss"] = total
+    if loss["target"] != "none":
+        terms.update(easy_gradient_terms(main_t))
     return total, (batch_stats, terms)
+
+
+def easy_gradient_terms(logits) -> dict:
+    """Metrics of the paper's argument on target logits (no gradient flows through them).
+
+    Returns:
+      {'easy_pixels': share of easy pixels, 'easy_grad_minent' and 'easy_grad_maxsquare':
+      the share of each loss's logit gradient that the easy pixels receive}.
+    """
+    minent, easy, _ = losses.easy_gradient_share(losses.entropy, logits)
+    maxsquare, _, _ = losses.easy_gradient_share(losses.max_square, logits)
+    return {"easy_pixels": easy, "easy_grad_minent": minent, "easy_grad_maxsquare": maxsquare}
 
 
 def make_train_step(model: DeepLabV2, tx: optax.GradientTransformation, loss: Mapping):
