@@ -203,19 +203,26 @@ def parse_arg(arg: str | None, variants: tuple[str, ...], default: str) -> tuple
     return (rest[0] if rest else default), smoke
 
 
-def use_synthetic(c: ml_collections.ConfigDict, size: str) -> None:
+def use_synthetic(c: ml_collections.ConfigDict, size: str, target: str = "target") -> None:
     """Points both training streams and the evaluation at the generated synthetic data sets.
 
     Args:
-      size: a synthetic config, '128x64', '192x96' or '256x128'. Evaluation reads the val
+      size: a synthetic size, '128x64', '192x96' or '256x128'.
+      target: the target domain (msjax.data.synthetic.DOMAINS): 'target' (the "real"
+        style) or a corrupted source-style domain such as 'fog-2'. Evaluation reads the val
         split of the style it read before: the source style where the config validates on
-        its source data (source-only runs), else the target style.
+        its source data (source-only runs), else the target domain.
     """
+    from msjax.data.synthetic import dataset_config
+
     on_source = c.eval.dataset == c.source.dataset
     c.source.dataset, c.source.config = "synthetic_source", size
-    c.target.dataset, c.target.config = "synthetic_target", size
-    c.eval.dataset = "synthetic_source" if on_source else "synthetic_target"
-    c.eval.config, c.eval.split = size, "val"
+    c.target.dataset, c.target.config = dataset_config(target, size)
+    if on_source:
+        c.eval.dataset, c.eval.config = c.source.dataset, c.source.config
+    else:
+        c.eval.dataset, c.eval.config = c.target.dataset, c.target.config
+    c.eval.split = "val"
 
 
 def apply_smoke(c: ml_collections.ConfigDict) -> None:

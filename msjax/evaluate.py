@@ -29,7 +29,10 @@ def parse_args(argv):
         "--checkpoint", required=True, help="weights folder (metadata.json + variables/)"
     )
     p.add_argument(
-        "--dataset", required=True, help="cityscapes, nthu-CITY (rome, rio, ...) or synthetic"
+        "--dataset",
+        required=True,
+        help='cityscapes, nthu-CITY (rome, rio, ...), synthetic (the demo\'s "real" '
+        "style) or synthetic-DOMAIN (e.g. synthetic-fog-2)",
     )
     p.add_argument("--data-dir", required=True, help="folder given to msjax.prepare --data-dir")
     p.add_argument("--protocol", default="original", choices=PROTOCOLS)

@@ -23,6 +23,9 @@ import jax
 import jax.numpy as jnp
 
 IGNORE_INDEX = 255
+# A pixel is "easy" when its predicted class has probability above this (the paper's argument
+# in section 3: entropy minimisation lets such pixels take most of the gradient).
+EASY_PROBABILITY = 0.9
 
 TARGET_LOSSES = ("maxsquare", "iw_maxsquare", "entropy", "hard")
 
@@ -221,6 +224,35 @@ def multi_level_guidance(main_logits, aux_logits, threshold=0.95):
     """
     labels, keep = multi_level_labels(main_logits, aux_logits, threshold=threshold)
     return _masked_mean_ce(_upcast(aux_logits), labels, keep)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "threshold"))
+def easy_gradient_share(loss_fn, logits, threshold=EASY_PROBABILITY):
+    """The share of a target loss's gradient w.r.t. the logits that easy pixels receive.
+
+    Each pixel's gradient magnitude is the L2 norm over classes of ``d loss / d logits``;
+    the share is the sum over pixels whose maximum probability exceeds ``threshold``,
+    divided by the sum over all pixels. A constant factor of the loss (lambda, the mean's
+    divisor) cancels, so shares of different losses compare directly.
+
+    Args:
+      loss_fn: a loss of NHWC logits, e.g. :func:`entropy` or :func:`max_square` (static).
+      logits: ``[N, H, W, C]`` logits; treated as constants (no gradient flows back).
+      threshold: the probability above which a pixel counts as easy.
+
+    Returns:
+      (share of the gradient that easy pixels receive, share of the pixels that are easy,
+      mean gradient magnitude per pixel): float32 scalars; the gradient share is 0 when the
+      whole gradient is 0. The magnitude depends on the loss's scale (it is the gradient of
+      the loss as given, e.g. a mean over N C H W).
+    """
+    logits = jax.lax.stop_gradient(logits.astype(jnp.float32))
+    grad = jax.grad(loss_fn)(logits)
+    magnitude = jnp.sqrt(jnp.sum(jnp.square(grad), axis=-1))
+    easy = jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1) > threshold
+    total = jnp.sum(magnitude)
+    share = jnp.where(total > 0, jnp.sum(jnp.where(easy, magnitude, 0.0)) / total, 0.0)
+    return share, jnp.mean(easy, dtype=jnp.float32), jnp.mean(magnitude)
 
 
 def target_loss(name, logits, *, ratio=0.2, threshold=0.95):

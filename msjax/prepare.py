@@ -32,13 +32,16 @@ def parse_args(argv):
     )
     parser.add_argument(
         "dataset",
-        help="gta5, synthia, cityscapes, nthu, synthetic (both domains), "
-        "synthetic_source or synthetic_target",
+        help="gta5, synthia, cityscapes, nthu, synthetic (every generated set), "
+        "synthetic_source, synthetic_target, synthetic_fog or synthetic_noise",
     )
     parser.add_argument("raw_dir", nargs="?", help="raw folder in the download layout")
     parser.add_argument("--data-dir", required=True, help="where prepared data sets go")
     parser.add_argument(
-        "--config", action="append", help="resolution config (repeatable); default per data set"
+        "--config",
+        action="append",
+        help="resolution config (repeatable); default per data set; for synthetic_fog and "
+        "synthetic_noise a size such as 128x64 means its three severities (s1_128x64, ...)",
     )
     parser.add_argument(
         "--split-list",

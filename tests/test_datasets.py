@@ -115,13 +115,13 @@ def test_builder_pixel_by_pixel(raw, tmp_path, dataset, config):
 def test_synthetic_builders(tmp_path, dataset, config):
     preparation.prepare_one(dataset, config, tmp_path, max_examples=3)
     stored = read_prepared(dataset, config, tmp_path)
-    w, h = map(int, config.split("x"))
-    style = dataset.split("_")[1]
+    w, h = builders.builder_class(dataset).builder_configs[config].size
+    domain = builders.synthetic_domain(dataset, config)
     for split, examples in stored.items():
         assert len(examples) == 3
         for key, (image, label) in examples.items():
             index = int(key.rsplit("_", 1)[1])
-            want_image, want_label = synthetic.render(style, split, index, height=h, width=w)
+            want_image, want_label = synthetic.render(domain, split, index, height=h, width=w)
             np.testing.assert_array_equal(image, want_image)
             np.testing.assert_array_equal(label, want_label)
 

@@ -330,3 +330,31 @@ def test_cross_entropy_custom_ignore_index():
         losses.cross_entropy(logits, labels),
         rtol=1e-6,
     )
+
+
+def test_easy_gradient_share_matches_the_binary_closed_form():
+    """Binary pixels with logits (log p, log(1-p)): each loss's logit gradient in closed form.
+
+    Per pixel, |d entropy / dz| is proportional to p(1-p)|log(p/(1-p))| and |d maxsquare /
+    dz| to p(1-p)|2p-1| (same constant for all pixels), so the easy pixels' shares follow.
+    """
+    p = np.concatenate([np.linspace(0.55, 0.89, 40), np.linspace(0.91, 0.9995, 60)])
+    logits = jnp.asarray(np.stack([np.log(p), np.log1p(-p)], -1).reshape(1, 4, 25, 2), jnp.float32)
+    easy = p > losses.EASY_PROBABILITY
+    for fn, magnitude in (
+        (losses.entropy, p * (1 - p) * np.abs(np.log(p / (1 - p)))),
+        (losses.max_square, p * (1 - p) * np.abs(2 * p - 1)),
+    ):
+        share, easy_pixels, mean = losses.easy_gradient_share(fn, logits)
+        assert float(easy_pixels) == pytest.approx(easy.mean())
+        assert float(share) == pytest.approx(magnitude[easy].sum() / magnitude.sum(), rel=1e-4)
+        # Both losses are means over N C H W (C = 2 here): sqrt(2) |dL/dz_1| with 1 / (2 M).
+        want = np.sqrt(2) * magnitude.mean() / (2 * p.size)
+        assert float(mean) == pytest.approx(want, rel=1e-4)
+    # The paper's argument, in logit space too: entropy gives the easy pixels more.
+    minent, _, _ = losses.easy_gradient_share(losses.entropy, logits)
+    maxsquare, _, _ = losses.easy_gradient_share(losses.max_square, logits)
+    assert float(minent) > float(maxsquare) + 0.05
+    # A loss with no gradient at all (uniform predictions) gives share 0, not NaN.
+    share, _, _ = losses.easy_gradient_share(losses.max_square, jnp.zeros((1, 2, 2, 3)))
+    assert float(share) == 0.0

@@ -86,13 +86,15 @@ def test_prepared_through_cli_and_pipeline(tmp_path, capsys):
     assert prepare.main(args + ["--max-examples", "8", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "synthetic_source/128x64" in out and "synthetic_target/128x64" in out
-    for name in synthetic.SYNTHETIC_DATASETS:
-        builder = builders.load_builder(name, "128x64", tmp_path)
+    assert "synthetic_fog/s3_128x64" in out and "synthetic_noise/s1_128x64" in out
+    for domain in ("source", "target", "fog-3", "noise-1"):
+        name, config = synthetic.dataset_config(domain, "128x64")
+        builder = builders.load_builder(name, config, tmp_path)
         real = builders.Cityscapes(data_dir=str(tmp_path / "unused"), config="1024x512")
         assert builder.info.features.keys() == real.info.features.keys()
         batch = next(
             pipeline.make_train_stream(
-                dict(dataset=name, config="128x64", data_dir=str(tmp_path), batch_size=2),
+                dict(dataset=name, config=config, data_dir=str(tmp_path), batch_size=2),
                 process_index=0,
                 process_count=1,
             )
@@ -101,3 +103,37 @@ def test_prepared_through_cli_and_pipeline(tmp_path, capsys):
         assert set(np.unique(batch["label"])) <= set(C)
     with pytest.raises(ValueError, match="source"):
         synthetic.render("painting", "train", 0)
+
+
+def test_corrupted_domains_share_their_scenes_and_grade_the_corruption():
+    """Every corrupted domain shows the same scenes; a higher severity degrades them more."""
+    labels_of = {d: synthetic.render(d, "val", 3, 48, 96)[1] for d in synthetic.DOMAINS[2:]}
+    for label in labels_of.values():
+        np.testing.assert_array_equal(label, labels_of["fog-1"])
+    source_scene = synthetic.render("source", "val", 3, 48, 96)[1]
+    assert not np.array_equal(source_scene, labels_of["fog-1"])  # scenes of their own
+    grey = synthetic._FOG_GREY
+    top = [synthetic.render(f"fog-{s}", "val", 3, 48, 96)[0][:8].astype(float) for s in (1, 2, 3)]
+    distance = [np.abs(t - grey).mean() for t in top]
+    assert distance[0] > 1.2 * distance[1] > 1.44 * distance[2], distance
+    # The noise family draws the same noise at every severity, scaled: the differences to
+    # severity 1 are (almost) proportional, clipping aside.
+    noisy = [synthetic.render(f"noise-{s}", "val", 3, 48, 96)[0].astype(float) for s in (1, 2, 3)]
+    d2, d3 = (noisy[1] - noisy[0]).ravel(), (noisy[2] - noisy[0]).ravel()
+    assert np.corrcoef(d2, d3)[0, 1] > 0.9 and d3.std() > 1.5 * d2.std()
+
+
+def test_rare_classes_stay_rare_in_every_domain():
+    for domain in ("source", "target", "fog-2", "noise-2"):
+        _, labs = synthetic.render_batch(domain, "train", 40, 48, 96)
+        assert 0.002 < np.mean(labs == synthetic.PERSON) < 0.04, domain
+        assert 0.002 < np.mean(labs == synthetic.CAR) < 0.05, domain
+
+
+def test_domain_names():
+    assert synthetic.dataset_config("fog-2", "192x96") == ("synthetic_fog", "s2_192x96")
+    assert synthetic.dataset_config("target", "192x96") == ("synthetic_target", "192x96")
+    assert builders.synthetic_domain("synthetic_noise", "s3_128x64") == "noise-3"
+    for bad in ("fog-4", "haze-1", "fog"):
+        with pytest.raises(ValueError, match="fog-1"):
+            synthetic.parse_domain(bad)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from msjax.data import labels
 from msjax.data.preparation import prepare_one
 from msjax.errors import ConfigError
 from msjax.models import tiny_deeplabv2
@@ -143,7 +144,13 @@ def test_smoke_variant_trains_two_steps(tmp_path, synthetic_dir, name, arg):
     assert all(np.isfinite(r["loss"]) and r["lr"] > 0 for r in losses)
     assert ("loss_target" in losses[0]) == ("source" not in arg)
     assert ("loss_multi" in losses[0]) == ("multi" in arg)
+    adapting = "source" not in arg
+    for key in ("easy_pixels", "easy_grad_minent", "easy_grad_maxsquare"):
+        assert (key in losses[0]) == adapting
+        assert not adapting or 0.0 <= losses[0][key] <= 1.0
     assert any("val/miou" in r for r in records)
+    results = json.load(open(tmp_path / "results.json"))
+    assert set(results["last_class_iou"]) == set(labels.class_names(c.model.num_classes))
     for folder in ("best", "final", "checkpoints/2", "tensorboard"):
         assert os.path.isdir(tmp_path / folder), folder
     meta = json.load(open(tmp_path / "final" / "metadata.json"))

@@ -314,16 +314,48 @@ class Nthu(_Builder, skip_registration=True):
     ]
 
 
-def _synthetic_configs():
-    sizes = [(128, 64), (192, 96), (256, 128)]
-    counts = {"train": 400, "val": 100}
-    return [Config(name=f"{w}x{h}", size=(w, h), num_examples=counts) for w, h in sizes]
+_SYNTHETIC_SIZES = [(128, 64), (192, 96), (256, 128)]
+_SYNTHETIC_COUNTS = {"train": 400, "val": 100}
+
+
+def _synthetic_configs(severities=(None,)):
+    """A config per size (and per severity of a corruption family: 's2_192x96')."""
+    return [
+        Config(
+            name=f"s{s}_{w}x{h}" if s else f"{w}x{h}",
+            size=(w, h),
+            num_examples=_SYNTHETIC_COUNTS,
+            description=f"severity {s}" if s else "",
+        )
+        for s in severities
+        for w, h in _SYNTHETIC_SIZES
+    ]
+
+
+def synthetic_domain(dataset: str, config: str) -> str:
+    """The msjax.data.synthetic domain a synthetic data set's config holds.
+
+    Args:
+      dataset: a synthetic data set name (synthetic.SYNTHETIC_DATASETS).
+      config: one of its config names, e.g. '192x96' or 's2_192x96'.
+
+    Returns:
+      'source', 'target', or '<family>-<severity>' (e.g. 'fog-2').
+    """
+    check_config(dataset, config)
+    cls = builder_class(dataset)
+    if not cls.FAMILY:
+        return cls.STYLE
+    domain = f"{cls.FAMILY}-{config.split('_')[0].removeprefix('s')}"
+    synthetic.parse_domain(domain)  # a config name that names no domain is a bug here
+    return domain
 
 
 class _Synthetic(_Builder, skip_registration=True):
     """Procedural street scenes (msjax.data.synthetic); generated, nothing read or fetched."""
 
     STYLE = ""
+    FAMILY = ""  # a corruption family: one config per severity and size
     BUILDER_CONFIGS = _synthetic_configs()
 
     def _split_generators(self, dl_manager):
@@ -334,14 +366,15 @@ class _Synthetic(_Builder, skip_registration=True):
 
     def _generate_synthetic(self, split, n):
         w, h = self.builder_config.size
+        domain = synthetic_domain(self.name, self.builder_config.name)
         indices = range(n)
         if self.progress is not None:
             indices = self.progress(indices, n)
         for i in indices:
-            image, label = synthetic.render(self.STYLE, split, i, height=h, width=w)
+            image, label = synthetic.render(domain, split, i, height=h, width=w)
             self.stats.raw_sizes[(w, h)] += 1
             self.stats.histogram += np.bincount(label.ravel(), None, 256)
-            key = f"{self.STYLE}_{split}_{i:05d}"
+            key = f"{domain}_{split}_{i:05d}"
             yield key, {"image": _png(image), "label": _png(label), "id": key}
 
 
@@ -359,9 +392,29 @@ class SyntheticTarget(_Synthetic, skip_registration=True):
     STYLE = "target"
 
 
+class SyntheticFog(_Synthetic, skip_registration=True):
+    """Source-style scenes in haze rising toward the top (a corruption shift), 3 severities."""
+
+    name = DATASET = "synthetic_fog"
+    FAMILY = "fog"
+    BUILDER_CONFIGS = _synthetic_configs(synthetic.SEVERITIES)
+
+
+class SyntheticNoise(_Synthetic, skip_registration=True):
+    """Source-style scenes under strong colour noise (a corruption shift), 3 severities."""
+
+    name = DATASET = "synthetic_noise"
+    FAMILY = "noise"
+    BUILDER_CONFIGS = _synthetic_configs(synthetic.SEVERITIES)
+
+
 BUILDERS = {
-    cls.name: cls for cls in (Gta5, Synthia, Cityscapes, Nthu, SyntheticSource, SyntheticTarget)
-}
+    cls.name: cls
+    for cls in (
+        Gta5, Synthia, Cityscapes, Nthu, SyntheticSource, SyntheticTarget, SyntheticFog,
+        SyntheticNoise,
+    )
+}  # fmt: skip
 DEFAULT_CONFIGS = {
     "gta5": ["1280x720"],
     "synthia": ["1280x760"],
@@ -369,6 +422,8 @@ DEFAULT_CONFIGS = {
     "nthu": [f"{c}_1024x512" for c in datasets.NTHU_CITIES],
     "synthetic_source": ["192x96"],
     "synthetic_target": ["192x96"],
+    "synthetic_fog": ["s2_192x96"],
+    "synthetic_noise": ["s2_192x96"],
 }
 
 

@@ -42,7 +42,11 @@ def _nthu_cities(raw_dir) -> list[str]:
 
 
 def expand_configs(dataset: str, configs, builders, raw_dir=None) -> list[str]:
-    """Default configs, and NTHU shorthands ("rome" -> rome_1024x512, "full" -> every city)."""
+    """Default configs, and shorthands for several configs.
+
+    NTHU: "rome" -> rome_1024x512, "1024x512" -> every city present. A corrupted synthetic
+    set (synthetic_fog, synthetic_noise): a size "128x64" -> s1_128x64, s2_128x64, s3_128x64.
+    """
     if dataset == "nthu" and not configs:
         configs = ["1024x512"]
     if not configs:
@@ -53,6 +57,8 @@ def expand_configs(dataset: str, configs, builders, raw_dir=None) -> list[str]:
             out.append(f"{name}_1024x512")
         elif dataset == "nthu" and f"rome_{name}" in builders.config_names("nthu"):
             out.extend(f"{city}_{name}" for city in _nthu_cities(raw_dir))
+        elif f"s1_{name}" in builders.config_names(dataset):
+            out.extend(c for c in builders.config_names(dataset) if c.endswith(f"_{name}"))
         else:
             builders.check_config(dataset, name)
             out.append(name)

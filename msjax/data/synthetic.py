@@ -13,6 +13,19 @@ the road and people on the sidewalks. Two renderers draw the same kind of scene:
 The layout statistics overlap between the domains (that is what self-training can exploit);
 colours and textures do not (that is what costs a source-only model its accuracy).
 
+Corrupted domains ("fog-1" .. "fog-3", "noise-1" .. "noise-3") are a second kind of shift:
+scenes drawn with the source's layout statistics and painted in the source style, then
+degraded by a corruption at a graded severity. The objects are the source's (rare classes stay
+rare), only the image is harder to read, so a source model tends to be uncertain rather than
+wrong there. docs/study.md gives the reasons for each family:
+
+- "fog": haze that grows toward the top of the frame (far away): each pixel blended toward a
+  light grey by a fraction rising from the bottom to the top row, plus sensor noise;
+- "noise": strong per-pixel colour noise (low light), the class colours intact on average.
+
+Every corrupted domain of a split shows the same scenes, and a family draws the same noise at
+every severity, so severities differ only in how strong the corruption is.
+
 Class ids are Cityscapes 19-class train ids, so the 19-class model, names and palette apply
 unchanged: road 0, sidewalk 1, building 2, vegetation 8, sky 10, person 11, car 13. Every
 pixel is labelled (no ignore). A scene is a pure function of (style, split, index, size, seed).
@@ -25,8 +38,20 @@ import numpy as np
 ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, PERSON, CAR = 0, 1, 2, 8, 10, 11, 13
 CLASS_IDS = (ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, PERSON, CAR)
 STYLES = ("source", "target")
-# The prepared data sets made from these scenes (msjax.data.builders), one per style.
-SYNTHETIC_DATASETS = ("synthetic_source", "synthetic_target")
+# Corruption family -> parameters per severity 1, 2, 3:
+#   fog: (blend toward grey at the bottom row, at the top row, noise sd);
+#   noise: (noise sd,). Pixel values are 0..255.
+CORRUPTIONS = {
+    "fog": ((0.15, 0.35, 4.0), (0.30, 0.60, 10.0), (0.45, 0.80, 14.0)),
+    "noise": ((20.0,), (35.0,), (50.0,)),
+}
+SEVERITIES = (1, 2, 3)
+_FOG_GREY = 170.0
+# Every domain `render` draws: the two styles and "<family>-<severity>".
+DOMAINS = STYLES + tuple(f"{f}-{s}" for f in CORRUPTIONS for s in SEVERITIES)
+# The prepared data sets made from these scenes (msjax.data.builders): one per style, one
+# per corruption family (a config per severity and size).
+SYNTHETIC_DATASETS = ("synthetic_source", "synthetic_target", "synthetic_fog", "synthetic_noise")
 
 # Mean colour of each class in the source style (RGB): flat, saturated, well separated.
 _SOURCE_PALETTE = {
@@ -164,13 +189,53 @@ def _paint(rng, style: str, label: np.ndarray) -> np.ndarray:
     return image
 
 
+def _corrupt(rng, image: np.ndarray, family: str, severity: int) -> np.ndarray:
+    """Degrades a float RGB image (0..255) by a corruption family at a severity (1..3)."""
+    params = CORRUPTIONS[family][severity - 1]
+    h, w, _ = image.shape
+    # Drawn before any use of the severity, so every severity sees the same noise.
+    noise = rng.normal(0, 1, image.shape).astype(np.float32)
+    if family == "fog":
+        bottom, top, sd = params
+        height = 1.0 - np.arange(h, dtype=np.float32)[:, None, None] / max(h - 1, 1)
+        blend = bottom + (top - bottom) * height  # 0 at the bottom row, 1 at the top
+        return (1.0 - blend) * image + blend * _FOG_GREY + sd * noise
+    (sd,) = params
+    return image + sd * noise
+
+
+def parse_domain(domain: str) -> tuple[str, int]:
+    """('source' | 'target', 0) for a style, (family, severity) for "<family>-<severity>"."""
+    if domain in STYLES:
+        return domain, 0
+    family, _, severity = domain.partition("-")
+    if family not in CORRUPTIONS or severity not in {str(s) for s in SEVERITIES}:
+        raise ValueError(f"unknown synthetic domain {domain!r}; valid: {list(DOMAINS)}")
+    return family, int(severity)
+
+
+def dataset_config(domain: str, size: str) -> tuple[str, str]:
+    """The prepared data set (msjax.data.builders) and config that hold a domain's scenes.
+
+    Args:
+      domain: one of DOMAINS, e.g. "target" or "fog-2".
+      size: "WxH", e.g. "192x96".
+
+    Returns:
+      (data set name, config name), e.g. ("synthetic_fog", "s2_192x96").
+    """
+    family, severity = parse_domain(domain)
+    return f"synthetic_{family}", f"s{severity}_{size}" if severity else size
+
+
 def render(
-    style: str, split: str, index: int, height: int = 96, width: int = 192, seed: int = 0
+    domain: str, split: str, index: int, height: int = 96, width: int = 192, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Renders one scene.
 
     Args:
-      style: "source" (synthetic look) or "target" ("real" look).
+      domain: "source" (synthetic look), "target" ("real" look), or a corrupted source-style
+        domain "<family>-<severity>" (e.g. "fog-2"; see DOMAINS).
       split: split name; scenes of different splits are drawn independently.
       index: scene number within the split.
       height: image height in pixels.
@@ -180,19 +245,28 @@ def render(
     Returns:
       (image uint8 [H, W, 3] RGB, label uint8 [H, W] of 19-class train ids).
     """
-    if style not in STYLES:
-        raise ValueError(f"unknown synthetic style {style!r}; valid: {list(STYLES)}")
-    rng = _rng(style, split, index, seed)
-    label, _ = _layout(rng, _STATS[style], height, width)
-    image = _paint(rng, style, label)
+    family, severity = parse_domain(domain)
+    if severity == 0:
+        rng = _rng(family, split, index, seed)
+        label, _ = _layout(rng, _STATS[family], height, width)
+        image = _paint(rng, family, label)
+    else:
+        # Scenes of their own (not the source's training scenes), in the source's statistics
+        # and style, shared by every corrupted domain.
+        rng = _rng("corrupted", split, index, seed)
+        label, _ = _layout(rng, _STATS["source"], height, width)
+        image = _corrupt(_rng(family, split, index, seed), _paint(rng, "source", label),
+                         family, severity)  # fmt: skip
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
 
 
-def render_batch(style: str, split: str, n: int, height: int = 96, width: int = 192, seed: int = 0):
+def render_batch(
+    domain: str, split: str, n: int, height: int = 96, width: int = 192, seed: int = 0
+):
     """Renders scenes 0..n-1 of a split as arrays (no TFDS), e.g. for quick experiments.
 
     Args:
-      style: "source" or "target".
+      domain: "source", "target" or a corrupted domain (see `render`).
       split: split name.
       n: number of scenes.
       height: image height.
@@ -202,5 +276,5 @@ def render_batch(style: str, split: str, n: int, height: int = 96, width: int = 
     Returns:
       (images uint8 [n, H, W, 3], labels uint8 [n, H, W]).
     """
-    pairs = [render(style, split, i, height, width, seed) for i in range(n)]
+    pairs = [render(domain, split, i, height, width, seed) for i in range(n)]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])

@@ -60,6 +60,24 @@ class Setting:
     class_counts: tuple[int, ...]
 
 
+def _synthetic_builder(dataset: str) -> tuple[str, str]:
+    """(builder, config prefix) of 'synthetic' (the "real" style) or 'synthetic-<domain>'."""
+    from msjax.data import synthetic
+
+    domain = "target" if dataset == "synthetic" else dataset.removeprefix("synthetic-")
+    try:
+        family, severity = synthetic.parse_domain(domain)
+    except ValueError:
+        family = None
+    if family is None or family == "source":
+        corrupted = [f"synthetic-{d}" for d in synthetic.DOMAINS[2:]]
+        raise ConfigError(
+            f"--dataset {dataset!r}: the synthetic data sets are 'synthetic' (the \"real\" "
+            f"style) and {corrupted}."
+        )
+    return f"synthetic_{family}", f"s{severity}_" if severity else ""
+
+
 def resolve(dataset: str, protocol: str, split: str | None, input_size: str) -> Setting:
     """Checks the flags and names the prepared data each evaluation reads.
 
@@ -82,20 +100,23 @@ def resolve(dataset: str, protocol: str, split: str | None, input_size: str) -> 
     elif dataset in cities:
         city = dataset.split("-", 1)[1]
         builder, prefix, default_split, counts = "nthu", f"{city}_", "test", (13,)
-    elif dataset == "synthetic":  # the demo's "real"-style target (msjax.data.synthetic)
-        # Smoke runs of every setting (19, 16 or 13 classes) are scored on it.
-        builder, prefix, default_split, counts = "synthetic_target", "", "val", (19, 16, 13)
+    elif dataset == "synthetic" or dataset.startswith("synthetic-"):
+        # The "real"-style target or a corrupted domain ('synthetic-fog-2') of
+        # msjax.data.synthetic. Smoke runs of every setting (19, 16 or 13 classes) are scored
+        # on them.
+        builder, prefix = _synthetic_builder(dataset)
+        default_split, counts = "val", (19, 16, 13)
         if protocol == "full":
             raise ConfigError(
                 "--dataset synthetic has no native-size labels: use --protocol "
                 "original with --input-size 128x64, 192x96 or 256x128."
             )
     else:
-        raise ConfigError(
-            f"--dataset {dataset!r}: valid data sets are {['cityscapes', *cities, 'synthetic']}."
-        )
+        valid = ["cityscapes", *cities, "synthetic", "synthetic-fog-2 (any corrupted domain)"]
+        raise ConfigError(f"--dataset {dataset!r}: valid data sets are {valid}.")
     image_config = f"{prefix}{input_size}"
-    valid = [c[len(prefix) :] for c in builders.config_names(builder) if c != f"{prefix}full"]
+    names = [c for c in builders.config_names(builder) if c.startswith(prefix)]
+    valid = [c[len(prefix) :] for c in names if c != f"{prefix}full"]
     if image_config not in builders.config_names(builder) or input_size == "full":
         raise ConfigError(f"--input-size {input_size!r}: {dataset} images come in {valid}.")
     label_config = image_config if protocol == "original" else f"{prefix}full"

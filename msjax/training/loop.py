@@ -154,6 +154,7 @@ def validate(run: Run, step: int) -> float:
     result = run.validator.run(run.state.params, run.state.batch_stats, step, run.writer)
     select = run.config.eval.select
     run.last_scores = {k: result[k] for k in ("miou", "miou13") if k in result}
+    run.last_class_iou = dict(zip(result["classes"], result["iou"], strict=True))
     score = result[select]
     if run.record["best_score"] is None or score > run.record["best_score"]:
         run.record.update(best_score=score, best_step=step)
@@ -230,6 +231,7 @@ def finish(run: Run, step: int, stop: int | None, facts: dict) -> dict:
         select=select,
         last_miou=run.last_scores["miou"],
         last_scores=run.last_scores,
+        last_class_iou=run.last_class_iou,
         best_score=run.record["best_score"],
         best_step=run.record["best_step"],
         best=os.path.join(run.workdir, "best"),

@@ -48,6 +48,7 @@ class Run:
       writer: metrics.jsonl and TensorBoard.
       last_scores: the latest validation's {'miou'[, 'miou13']} in this invocation (None
         before one).
+      last_class_iou: that validation's IoU per class name (None for a class never seen).
     """
 
     config: Any
@@ -68,6 +69,7 @@ class Run:
     checkpoints: RunCheckpoints
     writer: MetricWriter
     last_scores: dict | None = None
+    last_class_iou: dict | None = None
 
     @property
     def adapting(self) -> bool:

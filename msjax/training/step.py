@@ -11,6 +11,11 @@ Source-only training (`loss.target = 'none'`) skips the target pass. `loss.multi
 the original's `--multi True`: the aux CE on the source in every run (source-only included:
 that is how the source model of IW+Multi gets a trained aux head), and the self-produced
 guidance on the target when adapting.
+
+Adaptation steps also report, for the paper's gradient argument, the share of pixels whose
+target prediction is easy (p > 0.9) and the share of the gradient w.r.t. the target logits
+that those pixels would receive under entropy minimisation and under maximum squares, at the
+current weights whatever loss trains (`losses.easy_gradient_share`).
 """
 
 from __future__ import annotations
@@ -117,7 +122,21 @@ def compute_loss(params, batch_stats, source, target, *, model: DeepLabV2, loss:
             )
             total = total + loss["lambda_seg"] * loss["lambda_target"] * terms["loss_multi"]
     terms["loss"] = total
+    if loss["target"] != "none":
+        terms.update(easy_gradient_terms(main_t))
     return total, (batch_stats, terms)
+
+
+def easy_gradient_terms(logits) -> dict:
+    """Metrics of the paper's argument on target logits (no gradient flows through them).
+
+    Returns:
+      {'easy_pixels': share of easy pixels, 'easy_grad_minent' and 'easy_grad_maxsquare':
+      the share of each loss's logit gradient that the easy pixels receive}.
+    """
+    minent, easy, _ = losses.easy_gradient_share(losses.entropy, logits)
+    maxsquare, _, _ = losses.easy_gradient_share(losses.max_square, logits)
+    return {"easy_pixels": easy, "easy_grad_minent": minent, "easy_grad_maxsquare": maxsquare}
 
 
 def make_train_step(model: DeepLabV2, tx: optax.GradientTransformation, loss: Mapping):
