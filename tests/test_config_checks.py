@@ -166,6 +166,7 @@ def test_weights_error_names_what_the_path_is(tmp_path):
         weights.read_metadata(str(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_distributed_without_a_cluster_cli(tmp_path):
     """jax.distributed.initialize() found no job to join: its ValueError was a traceback."""
     result = run_cli(

@@ -258,6 +258,7 @@ def test_unwritable_workdir(synthetic_dir, tmp_path, capsys):
     assert str(tmp_path / "a_file" / "run") in message
 
 
+@pytest.mark.slow
 def test_workdir_of_another_config_is_refused_unless_allowed(synthetic_dir, tmp_path, capsys):
     assert train.run(smoke(synthetic_dir), str(tmp_path)) == 0
     before = sorted(os.listdir(tmp_path / "checkpoints"))
@@ -323,6 +324,7 @@ def test_fewer_target_than_source_examples_both_streams_share_the_shorter_epoch(
     assert keys[:5] != keys[5:]  # a new order
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving(synthetic_dir, tmp_path, capsys, monkeypatch):
     from orbax.checkpoint._src.path import async_path
 

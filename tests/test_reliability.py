@@ -127,6 +127,7 @@ def assert_same_run(workdir, reference):
     assert [s for s, *_ in losses(workdir)] == list(range(1, STEPS + 1))
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_step_then_restart_is_bit_identical(data_dir, uninterrupted, tmp_path):
     kill_after = random.Random().randint(3, 7)
     workdir = str(tmp_path / "run")
@@ -145,6 +146,7 @@ def test_sigkill_at_a_random_step_then_restart_is_bit_identical(data_dir, uninte
     assert_same_run(workdir, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_save_keeps_the_previous_one(data_dir, uninterrupted, tmp_path):
     workdir = str(tmp_path / "run")
     process = start("tests.kill_during_save", "6", *cli_args(data_dir, workdir))
@@ -159,6 +161,7 @@ def test_sigkill_during_a_checkpoint_save_keeps_the_previous_one(data_dir, unint
     assert_same_run(workdir, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_exits_zero(data_dir, uninterrupted, tmp_path):
     workdir = str(tmp_path / "run")
     # Also the GPU determinism flag: applied before JAX starts, and no change on CPU.
@@ -184,6 +187,7 @@ def test_sigterm_saves_the_current_step_and_exits_zero(data_dir, uninterrupted, 
     assert_same_run(workdir, uninterrupted)
 
 
+@pytest.mark.slow
 def test_non_finite_run_exits_non_zero_naming_the_step_and_the_checkpoint_restores(
     data_dir, tmp_path, capsys
 ):

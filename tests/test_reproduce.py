@@ -117,6 +117,7 @@ def read_json(path):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_gta2city_iw_multi_smoke_runs_every_stage_and_resumes_after_a_kill(
     tmp_path, smoke_data_dir, capsys
 ):
@@ -160,6 +161,7 @@ def test_gta2city_iw_multi_smoke_runs_every_stage_and_resumes_after_a_kill(
     assert text.count("| best | 2 | original |") == 2  # with and without flip
 
 
+@pytest.mark.slow
 def test_city2nthu_rome_smoke_trains_the_shared_source_then_adapts(tmp_path, smoke_data_dir):
     from msjax.reproduction import make_plan, make_workdir, parse_row
     from msjax.reproduction import reproduce as reproduce_plan

@@ -9,6 +9,8 @@ import json
 import os
 import signal
 
+import pytest
+
 from msjax import cli, train
 from msjax.training import loop, preemption
 from msjax.training import run as run_module
@@ -20,6 +22,7 @@ from tests.test_reliability import STEPS, cli_args, committed_steps, config, sta
 from tests.test_train import run_cli
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_step_exits_130_and_the_run_resumes(smoke_data_dir, tmp_path):
     workdir = str(tmp_path / "run")
     process = start("msjax.train", *cli_args(smoke_data_dir, workdir))
@@ -54,6 +57,7 @@ def test_second_ctrl_c_exits_at_once(monkeypatch, capsys):
     assert "Second Ctrl-C: exiting now." in err
 
 
+@pytest.mark.slow
 def test_ctrl_c_twice_keeps_the_checkpoints(smoke_data_dir, tmp_path):
     """The real command: whether the second Ctrl-C lands during the step, the save or the
     exit, the status is 130, no traceback, and the checkpoints committed before restore."""

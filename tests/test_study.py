@@ -76,6 +76,7 @@ def test_study_names_its_runs_and_checks_its_fields():
         study.study_runs(c, "/w")
 
 
+@pytest.mark.slow
 def test_study_smoke_runs_resumes_and_reports(tmp_path):
     from msjax.study import report
 

@@ -128,6 +128,7 @@ def test_bad_config_value_is_one_clear_message(tmp_path, synthetic_dir):
     "name, arg",
     [("gta2city", "iw_multi,smoke"), ("synthia2city", "source,smoke"), ("city2nthu", "rome,smoke")],
 )
+@pytest.mark.slow
 def test_smoke_variant_trains_two_steps(tmp_path, synthetic_dir, name, arg):
     c = load_config(name, arg)
     c.data_dir = synthetic_dir
@@ -178,6 +179,7 @@ def pick(batch, i):
     return {k: v[i : i + 1] for k, v in batch.items()}
 
 
+@pytest.mark.slow
 def test_per_image_batch_of_four_equals_four_single_pairs():
     """With per-image BN, the gradient of a 4-pair batch is the mean of 4 single-pair ones.
 

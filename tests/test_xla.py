@@ -56,6 +56,7 @@ def _xla_flags_after(code: str, **env) -> str:
     return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
 
 
+@pytest.mark.slow
 def test_import_msjax_changes_no_environment_variable():
     """Not XLA_FLAGS, even through the modules that import TensorFlow; and nothing at all
     through `import msjax`, its models and its command modules (TensorFlow itself sets a few
@@ -108,6 +109,7 @@ def test_residual_blocks_are_not_recomputed_by_later_blocks():
     assert _largest_loop_fusion(8, None) > 2 * deep  # the options are what keeps them
 
 
+@pytest.mark.slow
 def test_msjax_jits_compile_with_the_options():
     """The train step and the prediction function keep the blocks' barriers; a plain jit of
     the same function does not (XLA:CPU expands them away)."""
