@@ -197,7 +197,8 @@ def parse_config_flags(argv: list[str], default_config: str | None = None):
 
     FLAGS, config = _config_flags()
     if default_config and not any(a == "--config" or a.startswith("--config=") for a in argv):
-        argv = [*argv, f"--config={default_config}"]
+        # First, because overrides (--config.FIELD=VALUE) are only known after --config.
+        argv = [argv[0], f"--config={default_config}", *argv[1:]]
     argv = resolve_config_path(list(argv))
     verbose = wants_verbose(argv)
     problem = config_file_problem(argv)

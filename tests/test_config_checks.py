@@ -123,6 +123,7 @@ def test_demo_fields_are_checked_before_the_first_stage():
         demo.check_demo_config(c)
 
 
+@pytest.mark.slow
 def test_workdir_past_the_end_foreign_or_of_another_architecture(tmp_path, capsys, synthetic_dir):
     """A finished 4-step run, then: 2 steps (used to export step 4 as a 2-step success), a
     wider model under --allow_config_change (used to fail in Orbax with 'move the

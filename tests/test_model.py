@@ -129,6 +129,7 @@ def tiny():
     return torch_model, model, variables
 
 
+@pytest.mark.slow
 def test_atrous_implementations_agree_in_training(tiny):
     """Whole model, train mode: outputs and gradients of native and space-to-batch agree."""
     _, model, variables = tiny
@@ -202,6 +203,7 @@ def test_frozen_mode_uses_running_stats_and_updates_nothing(tiny):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_faithful_heads_sum_two_branches_and_leave_two_without_gradient(tiny):
     _, model, variables = tiny
     images = jnp.asarray(np.random.RandomState(4).randn(1, 33, 33, 3), jnp.float32)

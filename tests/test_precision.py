@@ -130,6 +130,7 @@ def tiny_runs():
     }
 
 
+@pytest.mark.slow
 def test_bfloat16_step_keeps_state_and_losses_float32():
     state, metrics = train_tiny(jnp.bfloat16, 0, tiny_batches(), steps=2)
     for leaf in jax.tree.leaves((state.params, state.batch_stats, state.opt_state)):

@@ -49,6 +49,7 @@ def layer5_change(before, after) -> float:
     )
 
 
+@pytest.mark.slow
 def test_source_multi_trains_the_aux_head_and_logs_its_loss():
     before, after, metrics = one_step("source_multi")
     assert np.isfinite(metrics["loss_source_aux"]) and metrics["loss_source_aux"] > 0

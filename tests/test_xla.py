@@ -45,7 +45,9 @@ def test_merge_flags_keeps_the_users_value_of_other_flags():
 
 
 def _xla_flags_after(code: str, **env) -> str:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
+    """XLA_FLAGS after running `code` with `env` (no XLA_FLAGS unless `env` sets it)."""
+    inherited = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {**inherited, "JAX_PLATFORMS": "cpu", **env}
     out = subprocess.run(
         [sys.executable, "-c", code + "\nimport os; print(os.environ.get('XLA_FLAGS', ''))"],
         env=env,
@@ -97,6 +99,7 @@ def _largest_loop_fusion(layer3_blocks: int, options) -> int:
     return max(sizes)
 
 
+@pytest.mark.slow
 def test_residual_blocks_are_not_recomputed_by_later_blocks():
     """With msjax's compiler options no fusion grows with depth; without them a fusion
     recomputes the residual path of all earlier blocks (operand counts: docs/performance.md)."""

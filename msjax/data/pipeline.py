@@ -178,6 +178,20 @@ def _full_steps(cfg: DataConfig, total: int, count: int) -> int:
     return steps
 
 
+def _without_model_autotuning(ds):
+    """`ds` without tf.data's model-based autotuning; AUTOTUNE values keep their plain meaning.
+
+    With the autotuning model, destroying an iterator waits for the model's optimisation
+    thread, which sleeps for up to a minute between rounds: closing a stream took 0-19 s
+    (docs/reliability.md). Without it, a map with AUTOTUNE runs as many calls in parallel
+    as the machine has cores and a prefetch AUTOTUNE buffer grows when the consumer waits,
+    and closing takes milliseconds. The batches are the same either way (deterministic maps).
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
 def full_epoch_steps(cfg, shards: int = 1) -> int:
     """Batches per epoch of a full pass over each of `shards` slices of a training split.
 
@@ -376,7 +390,7 @@ class TrainStream(Iterator):
 
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(cfg.batch_size, drop_remainder=True)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return _without_model_autotuning(ds.prefetch(tf.data.AUTOTUNE))
 
     def __next__(self) -> dict:
         if self._iter is None:
@@ -531,7 +545,7 @@ class EvalStream:
             return out
 
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
+        return _without_model_autotuning(ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE))
 
     def __iter__(self):
         return iter(tfds.as_numpy(self.dataset()))
