@@ -74,6 +74,12 @@ def test_study_names_its_runs_and_checks_its_fields():
     c.study.shifts, c.study.extra = ("style",), (("control", 1.0),)
     with pytest.raises(ConfigError, match="config.study.extra"):
         study.study_runs(c, "/w")
+    c.study.extra, c.study.adapt_steps = (), 0
+    with pytest.raises(ConfigError, match=r"config.study.adapt_steps=0: must be an integer >= 1"):
+        study.study_runs(c, "/w")
+    c.study.adapt_steps, c.study.adapt_lr = 300, float("nan")
+    with pytest.raises(ConfigError, match="config.study.adapt_lr=nan"):
+        study.study_runs(c, "/w")
 
 
 @pytest.mark.slow

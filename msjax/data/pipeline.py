@@ -182,7 +182,7 @@ def _without_model_autotuning(ds):
     """`ds` without tf.data's model-based autotuning; AUTOTUNE values keep their plain meaning.
 
     With the autotuning model, destroying an iterator waits for the model's optimisation
-    thread, which sleeps for up to a minute between rounds: closing a stream took 0-19 s
+    thread, which sleeps between its rounds: closing a stream took 0-19 s
     (docs/reliability.md). Without it, a map with AUTOTUNE runs as many calls in parallel
     as the machine has cores and a prefetch AUTOTUNE buffer grows when the consumer waits,
     and closing takes milliseconds. The batches are the same either way (deterministic maps).

@@ -31,7 +31,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from msjax import outputs
+from msjax import config_checks, outputs
 from msjax.data import synthetic
 from msjax.errors import ConfigError
 from msjax.training.stages import Stage, finished_summary, run_stage
@@ -85,6 +85,16 @@ def check_study(study) -> None:
                 f"config.study.extra: {extra!r} is not a (method, lambda > 0) pair of a "
                 f"method other than the control; methods: {list(METHODS)}."
             )
+    checks = {
+        "source_steps": config_checks.integer(1),
+        "adapt_steps": config_checks.integer(1),
+        "eval_every": config_checks.integer(1),
+        "adapt_lr": config_checks.number(0.0, low_open=True),
+    }
+    for field, check in checks.items():
+        allowed = check(study.get(field))
+        if allowed is not None:
+            raise ConfigError(f"config.study.{field}={study.get(field)!r}: must be {allowed}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +168,8 @@ def study_runs(config, workdir: str) -> list[StudyRun]:
                 adaptation_run(config, seed, shift, method, lam, workdir, data_dir)
                 for method, lam in method_lambdas(study)
             ]
+    for run in runs:  # every run's fields, before the first one trains (paths when it starts)
+        config_checks.check_config(run.stage.config, check_paths=False)
     return runs
 
 
