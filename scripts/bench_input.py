@@ -6,7 +6,8 @@ Builds fake raw GTA5 (1914x1052) and Cityscapes (2048x1024) folders of photo-lik
 (a rendered street scene, upscaled, plus sensor noise so PNGs compress like photographs),
 prepares them at the training resolutions (GTA5 1280x720, Cityscapes 1024x512), then times:
 
-- msjax: `make_train_stream` for both domains (decode, flip, blur, normalise in tf.data);
+- msjax: `make_train_stream` for both domains (decode, flip, blur, normalise in tf.data), as
+  msjax runs it and once with tf.data's model-based autotuning on (msjax turns it off);
 - PIL, the original's per-image work on the raw files: open, convert, map the label ids with
   a loop over the id table, resize (bicubic / nearest), flip, GaussianBlur, BGR mean subtract;
   once in one process and once with a process pool as wide as the machine (the original's
@@ -119,10 +120,17 @@ def bench_pil(root: Path, n: int, steps: int, workers: int) -> float:
     return len(jobs) / (time.perf_counter() - start)
 
 
-def bench_msjax(data_dir: Path, steps: int, warmup: int = 5) -> float:
-    """Images/s of the msjax source + target training streams."""
+def bench_msjax(data_dir: Path, steps: int, warmup: int = 5, model_autotuning=False) -> float:
+    """Images/s of the msjax source + target training streams.
+
+    model_autotuning: run them with tf.data's model-based autotuning, which msjax turns off
+      (`pipeline._without_model_autotuning`, docs/reliability.md), to measure what that costs.
+    """
     from msjax.data import pipeline
 
+    switch_off = pipeline._without_model_autotuning
+    if model_autotuning:
+        pipeline._without_model_autotuning = lambda ds: ds
     common = dict(data_dir=str(data_dir), batch_size=1, seed=0)
     src = pipeline.make_train_stream(
         dict(common, dataset="gta5", config="1280x720"), process_index=0, process_count=1
@@ -135,7 +143,10 @@ def bench_msjax(data_dir: Path, steps: int, warmup: int = 5) -> float:
     start = time.perf_counter()
     for _ in range(steps):
         next(src), next(tgt)
-    return 2 * steps / (time.perf_counter() - start)
+    rate = 2 * steps / (time.perf_counter() - start)
+    src.close(), tgt.close()
+    pipeline._without_model_autotuning = switch_off
+    return rate
 
 
 def main() -> None:
@@ -159,6 +170,12 @@ def main() -> None:
     )
     cores = os.cpu_count() or 1
     rows = [("msjax tf.data stream", bench_msjax(root / "tfds", args.steps))]
+    rows.append(
+        (
+            "msjax, with tf.data's autotuning model",
+            bench_msjax(root / "tfds", args.steps, model_autotuning=True),
+        )
+    )
     rows.append(("PIL, 1 process", bench_pil(root, args.images, max(args.steps // 3, 4), 1)))
     if cores > 1:
         rows.append((f"PIL, {cores} processes", bench_pil(root, args.images, args.steps, cores)))

@@ -131,14 +131,3 @@ def test_each_command_exits_soon_after_its_last_output(cli_inputs, command):
         delays.append(round(delay, 1))
     print(f"{command}: seconds from last output to exit {delays}")
     assert max(delays) <= EXIT_GRACE_S, delays
-
-
-@pytest.mark.slow
-def test_demo_smoke_exits_soon_after_its_table(tmp_path):
-    status, delay, tail = exit_delay(
-        ["msjax.demo", "--config", "demo.py:smoke", f"--workdir={tmp_path}/demo"]
-    )
-    assert status == 0, tail
-    assert "wall time" in tail
-    print(f"demo: seconds from the table to exit {delay:.1f}")
-    assert delay <= EXIT_GRACE_S
