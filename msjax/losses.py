@@ -226,8 +226,20 @@ def multi_level_guidance(main_logits, aux_logits, threshold=0.95):
     return _masked_mean_ce(_upcast(aux_logits), labels, keep)
 
 
+def easy_pixels(logits, threshold=EASY_PROBABILITY):
+    """``[N, H, W]`` bool: the pixels whose predicted class has probability above ``threshold``."""
+    return jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1) > threshold
+
+
+def logit_gradient_magnitude(loss_fn, logits):
+    """``[N, H, W]``: the L2 norm over classes of ``d loss_fn / d logits``, logits as constants."""
+    logits = jax.lax.stop_gradient(logits.astype(jnp.float32))
+    grad = jax.grad(loss_fn)(logits)
+    return jnp.sqrt(jnp.sum(jnp.square(grad), axis=-1))
+
+
 @functools.partial(jax.jit, static_argnames=("loss_fn", "threshold"))
-def easy_gradient_share(loss_fn, logits, threshold=EASY_PROBABILITY):
+def easy_gradient_share(loss_fn, logits, threshold=EASY_PROBABILITY, easy=None):
     """The share of a target loss's gradient w.r.t. the logits that easy pixels receive.
 
     Each pixel's gradient magnitude is the L2 norm over classes of ``d loss / d logits``;
@@ -239,6 +251,7 @@ def easy_gradient_share(loss_fn, logits, threshold=EASY_PROBABILITY):
       loss_fn: a loss of NHWC logits, e.g. :func:`entropy` or :func:`max_square` (static).
       logits: ``[N, H, W, C]`` logits; treated as constants (no gradient flows back).
       threshold: the probability above which a pixel counts as easy.
+      easy: ``easy_pixels(logits, threshold)`` if already computed (for several losses).
 
     Returns:
       (share of the gradient that easy pixels receive, share of the pixels that are easy,
@@ -246,10 +259,9 @@ def easy_gradient_share(loss_fn, logits, threshold=EASY_PROBABILITY):
       whole gradient is 0. The magnitude depends on the loss's scale (it is the gradient of
       the loss as given, e.g. a mean over N C H W).
     """
-    logits = jax.lax.stop_gradient(logits.astype(jnp.float32))
-    grad = jax.grad(loss_fn)(logits)
-    magnitude = jnp.sqrt(jnp.sum(jnp.square(grad), axis=-1))
-    easy = jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1) > threshold
+    magnitude = logit_gradient_magnitude(loss_fn, logits)
+    if easy is None:
+        easy = easy_pixels(logits.astype(jnp.float32), threshold)
     total = jnp.sum(magnitude)
     share = jnp.where(total > 0, jnp.sum(jnp.where(easy, magnitude, 0.0)) / total, 0.0)
     return share, jnp.mean(easy, dtype=jnp.float32), jnp.mean(magnitude)

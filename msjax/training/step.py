@@ -134,9 +134,11 @@ def easy_gradient_terms(logits) -> dict:
       {'easy_pixels': share of easy pixels, 'easy_grad_minent' and 'easy_grad_maxsquare':
       the share of each loss's logit gradient that the easy pixels receive}.
     """
-    minent, easy, _ = losses.easy_gradient_share(losses.entropy, logits)
-    maxsquare, _, _ = losses.easy_gradient_share(losses.max_square, logits)
-    return {"easy_pixels": easy, "easy_grad_minent": minent, "easy_grad_maxsquare": maxsquare}
+    logits = jax.lax.stop_gradient(logits.astype(jnp.float32))
+    easy = losses.easy_pixels(logits)  # once, for both losses
+    minent, share, _ = losses.easy_gradient_share(losses.entropy, logits, easy=easy)
+    maxsquare, _, _ = losses.easy_gradient_share(losses.max_square, logits, easy=easy)
+    return {"easy_pixels": share, "easy_grad_minent": minent, "easy_grad_maxsquare": maxsquare}
 
 
 def make_train_step(model: DeepLabV2, tx: optax.GradientTransformation, loss: Mapping):

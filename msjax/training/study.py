@@ -194,11 +194,10 @@ def _gradient_sums(model, variables, images, valid):
 
     (logits, _), _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
     logits = jax.lax.stop_gradient(logits.astype(jnp.float32))
-    easy = jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1) > losses.EASY_PROBABILITY
+    easy = losses.easy_pixels(logits)
     sums = []
     for loss_fn in (losses.entropy, losses.max_square, losses.iw_max_square):
-        grad = jax.grad(loss_fn)(logits)
-        magnitude = jnp.sqrt(jnp.sum(jnp.square(grad), axis=-1)) * valid[:, None, None]
+        magnitude = losses.logit_gradient_magnitude(loss_fn, logits) * valid[:, None, None]
         sums += [jnp.sum(jnp.where(easy, magnitude, 0.0)), jnp.sum(magnitude)]
     return jnp.stack(sums)
 
