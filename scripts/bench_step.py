@@ -221,14 +221,42 @@ def jax_setup(args) -> dict:
             xla_flags=os.environ.get("XLA_FLAGS", ""),
         )
 
-    return dict(run_once=run_once, sync=sync, finish=finish, warmup=args.warmup)
+    return dict(run_once=run_once, sync=sync, finish=finish, warmup=args.warmup, compiled=compiled)
 
 
 def jax_row(args) -> dict:
     """Builds and times the msjax step for one (dtype, atrous, remat) configuration."""
     r = jax_setup(args)
     times = _time_steps(r["run_once"], r["sync"], r["warmup"], args.steps)
-    return dict(r["finish"](), times_ms=times)
+    row = dict(r["finish"](), times_ms=times)
+    if args.profile:
+        try:
+            row["profile"] = profile_steps(r, Path(args.profile), statistics.median(times))
+        except Exception as e:  # noqa: BLE001 - the timing row is worth keeping without it
+            row["profile"] = f"profile failed: {type(e).__name__}: {e}"
+    return row
+
+
+def profile_steps(runner, out: Path, wall_ms: float, steps: int = 3) -> str:
+    """Traces `steps` more steps with `jax.profiler`; writes and returns the op summary.
+
+    Written to `out`: the trace (perfetto JSON and XPlane, for Perfetto or TensorBoard),
+    `step.hlo.txt` (the compiled step) and `profile.md` (`scripts/trace_summary.py`).
+    """
+    import jax
+    import trace_summary
+
+    out.mkdir(parents=True, exist_ok=True)
+    hlo_text = runner["compiled"].as_text()
+    (out / "step.hlo.txt").write_text(hlo_text)
+    runner["sync"]()
+    with jax.profiler.trace(str(out), create_perfetto_trace=True):
+        for _ in range(steps):
+            runner["run_once"]()
+        runner["sync"]()
+    summary = trace_summary.summarise_dir(out, hlo_text, steps=steps, wall_ms=wall_ms)
+    (out / "profile.md").write_text(summary + "\n")
+    return summary
 
 
 def torch_setup(args) -> dict:
@@ -360,6 +388,8 @@ def child_args(args, **overrides) -> list[str]:
     cmd += ["--blocks", *map(str, a["blocks"])]
     if a["remat"]:
         cmd.append("--remat")
+    if a.get("profile") and a["row"] == "jax":
+        cmd += ["--profile", a["profile"]]
     return cmd
 
 
@@ -462,6 +492,11 @@ def main(argv=None) -> None:
     p.add_argument("--timeout", type=float, default=1800, help="seconds per row")
     p.add_argument("--json", help="also write all rows to this file")
     p.add_argument(
+        "--profile",
+        help="folder: after timing, trace 3 more steps of the (first) msjax row with "
+        "jax.profiler and print the top ops (scripts/trace_summary.py)",
+    )
+    p.add_argument(
         "--paired",
         action="store_true",
         help="one msjax and one torch fp32 row in one process, steps alternating (noisy CPU)",
@@ -496,7 +531,16 @@ def main(argv=None) -> None:
         for dtype in args.dtype.split(","):
             for atrous in args.atrous.split(","):
                 for kb in args.keep_barriers.split(","):
-                    specs.append(dict(row="jax", dtype=dtype, atrous=atrous, keep_barriers=kb))
+                    first = not any(spec["row"] == "jax" for spec in specs)
+                    specs.append(
+                        dict(
+                            row="jax",
+                            dtype=dtype,
+                            atrous=atrous,
+                            keep_barriers=kb,
+                            profile=args.profile if first else None,
+                        )
+                    )
     for kind in [t for t in args.torch.split(",") if t and t != "none"]:
         dtype = {"fp32": "float32", "bf16": "bfloat16"}[kind]
         specs.append(dict(row="torch", dtype=dtype, atrous="native", keep_barriers="-"))
@@ -518,13 +562,18 @@ def main(argv=None) -> None:
                 impl="msjax" if is_jax else "torch",
             )
             rows.append(result)
+            shown = {k: v for k, v in result.items() if k not in ("times_ms", "profile")}
             print(
                 f"# {spec['row']} {spec['dtype']} {spec['atrous']} {spec['keep_barriers']}: "
-                f"{json.dumps({k: v for k, v in result.items() if k != 'times_ms'})} "
+                f"{json.dumps(shown)} "
                 f"({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
     print(table(rows, args))
+    for row in rows:
+        if row.get("profile"):
+            print(f"\nProfile of the msjax {row['dtype']} step ({args.profile}):\n")
+            print(row["profile"])
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -8,11 +8,15 @@ what is left of `--budget` seconds (a stage that cannot start with at least `--m
 seconds left is skipped):
 
 1. full-resolution train step (720x1280 + 512x1024, 1 pair) with the current defaults
-   (atrous='auto'): msjax bf16 and PyTorch fp32;
-2. msjax bf16 with 4 pairs and remat (memory);
+   (atrous='auto'): msjax bf16 against PyTorch fp32 and autocast bf16, then a
+   `jax.profiler` trace of the bf16 step summarised by op and by part of the step
+   (OUT/profile_bf16/profile.md, `scripts/trace_summary.py`);
+2. msjax bf16 with 4 pairs per step (per-image BN; throughput and memory);
 3. msjax fp32;
-4. full-model bf16 and TF32 logits against float32 at HIGHEST precision (one 512x1024 image);
-5. msjax bf16 with frozen BN (what per-image BN statistics cost).
+4. msjax bf16 with 8 pairs, then 2 pairs;
+5. full-model bf16 and TF32 logits against float32 at HIGHEST precision (one 512x1024 image);
+6. msjax bf16 with frozen BN (what per-image BN statistics cost);
+7. msjax bf16 with 8 pairs and remat (memory, for a GPU where 8 pairs do not fit).
 
 Without `--skip-measured` the first session's stages run first (their results, with
 native dilated convolutions, are in docs/performance.md): msjax bf16 + PyTorch fp32, msjax
@@ -124,21 +128,33 @@ def main() -> None:
         feature, parity_args = "9x17", ["--smoke"]
     step_a = [*bench, "--dtype", "bfloat16", "--torch", "fp32", "--json", str(out / "step_a.json")]
     step_b = [*bench, "--dtype", "float32", "--torch", "bf16", "--json", str(out / "step_b.json")]
+
+    def step(name, cap, *flags, json_name, torch="none"):
+        return (name, cap, [*bench, *flags, "--torch", torch, "--json", str(out / json_name)])
+
+    # In order of what the performance issue needs most; `--budget` cuts from the end.
     stages = [
         # The current defaults (atrous='auto' = space-to-batch on GPU, closed-form BN
-        # backward, 1x1 convs as matmuls) against PyTorch fp32: the headline row.
-        ("step_bf16_auto_vs_torch_fp32", 200, [*bench, "--dtype", "bfloat16", "--atrous", "auto",
-                                               "--torch", "fp32",
-                                               "--json", str(out / "step_auto.json")]),
-        ("step_bf16_remat_4pairs", 150, [*bench, "--dtype", "bfloat16", "--atrous", "auto",
-                                         "--torch", "none", "--pairs", "4", "--remat",
-                                         "--steps", "10", "--json", str(out / "step_d.json")]),
-        ("step_fp32_auto", 120, [*bench, "--dtype", "float32", "--atrous", "auto",
-                                 "--torch", "none", "--json", str(out / "step_fp32.json")]),
+        # backward, 1x1 convs as matmuls) against PyTorch fp32 and autocast bf16: the
+        # headline rows, and a profile of the bf16 step (top ops, time per part).
+        step("step_bf16_auto_profile_vs_torch", 320, "--dtype", "bfloat16", "--atrous", "auto",
+             "--profile", str(out / "profile_bf16"), torch="fp32,bf16", json_name="step_auto.json"),
+        # Throughput at more than one pair per step (per-image BN), no remat: 1 pair planned
+        # 6.5 GiB, so 8 fit an 80 GB H100 by that measure.
+        step("step_bf16_4pairs", 170, "--dtype", "bfloat16", "--atrous", "auto", "--pairs", "4",
+             "--steps", "10", json_name="step_4pairs.json"),
+        step("step_fp32_auto", 130, "--dtype", "float32", "--atrous", "auto",
+             json_name="step_fp32.json"),
+        step("step_bf16_8pairs", 200, "--dtype", "bfloat16", "--atrous", "auto", "--pairs", "8",
+             "--steps", "6", "--timeout", "190", json_name="step_8pairs.json"),
+        step("step_bf16_2pairs", 150, "--dtype", "bfloat16", "--atrous", "auto", "--pairs", "2",
+             "--steps", "10", json_name="step_2pairs.json"),
         ("parity", 80, [PY, "scripts/gpu_check.py", "--stage", "parity", *parity_args]),
-        ("step_bf16_frozen_bn", 120, [*bench, "--dtype", "bfloat16", "--atrous", "auto",
-                                      "--torch", "none", "--bn-mode", "frozen",
-                                      "--json", str(out / "step_e.json")]),
+        step("step_bf16_frozen_bn", 120, "--dtype", "bfloat16", "--atrous", "auto",
+             "--bn-mode", "frozen", json_name="step_frozen_bn.json"),
+        step("step_bf16_8pairs_remat", 200, "--dtype", "bfloat16", "--atrous", "auto",
+             "--pairs", "8", "--remat", "--steps", "6", "--timeout", "190",
+             json_name="step_8pairs_remat.json"),
     ]  # fmt: skip
     if not args.skip_measured:
         # The first session's stages (native dilated convolutions): the rows and the
@@ -150,6 +166,13 @@ def main() -> None:
                              "--hlo", "--only", "layer3,layer4,d6,d12", "--dtypes", "bfloat16"]),
         ]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    say(f"=== {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, python {sys.version.split()[0]}")
+    try:  # the GPU, its driver and memory, for the rows' record
+        query = "--query-gpu=name,driver_version,memory.total"
+        smi = subprocess.run(["nvidia-smi", query, "--format=csv,noheader"], capture_output=True)
+        say("=== " + smi.stdout.decode().strip())
+    except OSError:
+        say("=== no nvidia-smi")
     for name, cap, cmd in stages:
         left = args.budget - (time.time() - start)
         if left < args.min_stage:

@@ -63,8 +63,9 @@ def test_training_and_evaluation_leave_no_tf_data_iterator_alive(smoke_data_dir,
         gc.enable()
 
 
-def exit_delay(args: list[str], timeout: float = 600) -> tuple[int, float, str]:
-    """Runs `python -m ARGS`; returns (status, seconds from its last output to its exit, tail).
+def exit_delay(args: list[str], timeout: float = 600, tail: int = 5) -> tuple[int, float, str]:
+    """Runs `python -m ARGS`; returns (status, seconds from its last output to its exit, and
+    the last `tail` lines of its output).
 
     Both output streams are read line by line as they come, so the time of the last line is
     known to within the reader's latency.
@@ -91,7 +92,7 @@ def exit_delay(args: list[str], timeout: float = 600) -> tuple[int, float, str]:
         pytest.fail(f"{' '.join(args)} did not exit within {timeout} s:\n" + "".join(lines[-20:]))
     ended = time.monotonic()
     reader.join(timeout=10)
-    return proc.returncode, ended - last[0], "".join(lines[-5:])
+    return proc.returncode, ended - last[0], "".join(lines[-tail:])
 
 
 @pytest.fixture(scope="module")
