@@ -17,7 +17,9 @@ Printed per row: device, implementation, dtype, shapes, compile time, median ms/
 (with min-max), images/s (two images per pair), FLOPs per iteration (the pre-optimisation
 HLO's count, i.e. the model's arithmetic, and the compiled program's count), MFU against
 `--peak-tflops`, peak memory (device peak on GPU; XLA's buffer plan and the process's peak
-RSS on CPU), and each row's speed ratio to the PyTorch float32 row.
+RSS on CPU), and each row's speed ratio to the PyTorch float32 row. `--profile DIR` then
+traces three more steps of the first msjax row and prints where their device time goes
+(`scripts/trace_summary.py`; the trace and DIR/profile.md stay in DIR).
 
 Faithful defaults: GTA5 720x1280 source + Cityscapes 512x1024 target, 1 pair, 19 classes.
 """
