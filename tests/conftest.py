@@ -37,20 +37,15 @@ def smoke_data_dir(tmp_path_factory):
 def pytest_collection_modifyitems(config, items):
     """Files with more slow tests first, the rest after, each file's tests in their order.
 
-    pytest-xdist's `--dist loadfile` hands whole files to its workers in collection order
-    when `--no-loadscope-reorder` is given (pyproject.toml). Its default order, most tests
-    first, left the long subprocess files (the two-process job, the 8-device step, the demo
-    run) to the end of one worker, which finished two and a half minutes after the other
-    (docs/reliability.md). Started first, they overlap and the short files fill the end.
-    Nothing is skipped or changed, only the order of files.
+    pytest-xdist's `--dist loadfile` hands whole files to its workers in collection order.
+    Alphabetical order left several long subprocess files (the two-process job, the 8-device
+    step, the demo run) to the end of one worker while the other had finished a minute and a
+    half earlier (docs/reliability.md); started first, they overlap and the short files fill
+    the end. Nothing is skipped or changed, only the order of files.
     """
-
-    def file_of(item) -> str:
-        return item.nodeid.split("::")[0]
-
-    slow_tests: dict[str, int] = {}
+    slow_per_file: dict[str, int] = {}
     for item in items:
-        is_slow = item.get_closest_marker("slow") is not None
-        slow_tests[file_of(item)] = slow_tests.get(file_of(item), 0) + is_slow
-    rank = {f: i for i, f in enumerate(sorted(slow_tests, key=lambda f: -slow_tests[f]))}
-    items.sort(key=lambda item: rank[file_of(item)])
+        count = slow_per_file.setdefault(item.nodeid.split("::")[0], 0)
+        slow_per_file[item.nodeid.split("::")[0]] = count + bool(item.get_closest_marker("slow"))
+    rank = {f: i for i, f in enumerate(sorted(slow_per_file, key=lambda f: -slow_per_file[f]))}
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
