@@ -32,20 +32,3 @@ def smoke_data_dir(tmp_path_factory):
     for dataset in ("synthetic_source", "synthetic_target"):
         prepare_one(dataset, "128x64", path, max_examples=24)
     return path
-
-
-def pytest_collection_modifyitems(config, items):
-    """Files with more slow tests first, the rest after, each file's tests in their order.
-
-    pytest-xdist's `--dist loadfile` hands whole files to its workers in collection order.
-    Alphabetical order left several long subprocess files (the two-process job, the 8-device
-    step, the demo run) to the end of one worker while the other had finished a minute and a
-    half earlier (docs/reliability.md); started first, they overlap and the short files fill
-    the end. Nothing is skipped or changed, only the order of files.
-    """
-    slow_per_file: dict[str, int] = {}
-    for item in items:
-        count = slow_per_file.setdefault(item.nodeid.split("::")[0], 0)
-        slow_per_file[item.nodeid.split("::")[0]] = count + bool(item.get_closest_marker("slow"))
-    rank = {f: i for i, f in enumerate(sorted(slow_per_file, key=lambda f: -slow_per_file[f]))}
-    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
