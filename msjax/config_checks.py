@@ -51,6 +51,16 @@ def number(low: float, high: float = math.inf, *, low_open=False, high_open=Fals
     return check
 
 
+def check_fields(section, checks: dict[str, Callable[[Any], str | None]], name: str) -> None:
+    """Raises ConfigError 'config.NAME.FIELD=VALUE: must be ...' for the first field of
+    `section` (a config section, e.g. config.demo) that its check refuses."""
+    for field, check in checks.items():
+        value = section.get(field)
+        allowed = check(value)
+        if allowed is not None:
+            raise ConfigError(f"config.{name}.{field}={value!r}: must be {allowed}.")
+
+
 def one_of(*allowed) -> Callable[[Any], str | None]:
     """A check: one of the listed values."""
     return lambda v: None if v in allowed else f"one of {list(allowed)}"

@@ -106,18 +106,17 @@ def check_demo_config(config) -> None:
     the source stage has trained.
     """
     from msjax import config_checks
-    from msjax.errors import ConfigError
 
-    checks = {
-        "source_steps": config_checks.integer(1),
-        "adapt_steps": config_checks.integer(1),
-        "adapt_lr": config_checks.number(0.0, low_open=True),
-    }
-    for field, check in checks.items():
-        value = config.demo.get(field)
-        allowed = check(value)
-        if allowed is not None:
-            raise ConfigError(f"config.demo.{field}={value!r}: must be {allowed}.")
+    positive = config_checks.integer(1)
+    config_checks.check_fields(
+        config.demo,
+        {
+            "source_steps": positive,
+            "adapt_steps": positive,
+            "adapt_lr": config_checks.number(0.0, low_open=True),
+        },
+        "demo",
+    )
     for stage in demo_stages(config, "WORKDIR"):
         config_checks.check_config(stage.config, check_paths=False)
 

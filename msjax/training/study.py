@@ -85,16 +85,17 @@ def check_study(study) -> None:
                 f"config.study.extra: {extra!r} is not a (method, lambda > 0) pair of a "
                 f"method other than the control; methods: {list(METHODS)}."
             )
-    checks = {
-        "source_steps": config_checks.integer(1),
-        "adapt_steps": config_checks.integer(1),
-        "eval_every": config_checks.integer(1),
-        "adapt_lr": config_checks.number(0.0, low_open=True),
-    }
-    for field, check in checks.items():
-        allowed = check(study.get(field))
-        if allowed is not None:
-            raise ConfigError(f"config.study.{field}={study.get(field)!r}: must be {allowed}.")
+    positive = config_checks.integer(1)
+    config_checks.check_fields(
+        study,
+        {
+            "source_steps": positive,
+            "adapt_steps": positive,
+            "eval_every": positive,
+            "adapt_lr": config_checks.number(0.0, low_open=True),
+        },
+        "study",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
