@@ -23,6 +23,15 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+def platform(mesh: Mesh) -> str:
+    """The platform ('cpu', 'gpu', 'tpu') of the mesh's devices: what its programs compile for.
+
+    Devices of an ahead-of-time topology (`jax.experimental.topologies`) count as well, so a
+    CPU host compiling for a TPU mesh makes the TPU's choices.
+    """
+    return mesh.devices.flat[0].platform
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """Every device holds the whole array."""
     return NamedSharding(mesh, PartitionSpec())

@@ -2,15 +2,15 @@
 
 Two kinds of setting, kept apart on purpose:
 
-- `compiler_options()`: options msjax passes to its own `jax.jit` calls (the train step, the
+- `compiler_options(platform)`: options msjax passes to its own `jax.jit` calls (the train step, the
   evaluation and prediction functions). They change how *those* programs are compiled and
   nothing else in the process. On CPU msjax keeps `jax.lax.optimization_barrier` alive
   (XLA:CPU's pass `cse_barrier_expander` would remove it before fusion): the ResNet blocks put
   a barrier on each block's output (`msjax.models.layers.materialize`), and without it XLA:CPU
   fuses the elementwise residual path of consecutive blocks into every consumer, recomputing
   all earlier blocks' BatchNorm, addition and ReLU in each later one (quadratic in depth).
-  If you jit a msjax model yourself, pass `compiler_options=msjax.xla.compiler_options()` to
-  get the same program; docs/performance.md has what it measured.
+  If you jit a msjax model yourself, pass `compiler_options=msjax.xla.compiler_options("cpu")`
+  to get the same program; docs/performance.md has what it measured.
 - `add_xla_flags()`: process-wide XLA_FLAGS, read once by XLA when the first backend starts.
   Only a command's entry point calls it (for `config.deterministic`), before any
   computation; afterwards it raises instead of being silently ignored.
@@ -31,20 +31,17 @@ class BackendStartedError(RuntimeError):
     """A flag was requested after JAX started a backend, so XLA would ignore it."""
 
 
-def compiler_options(backend: str | None = None) -> dict[str, str]:
-    """The XLA options of msjax's jitted model functions on `backend` (default: JAX's).
+def compiler_options(platform: str) -> dict[str, str]:
+    """The XLA options of msjax's jitted model functions compiled for `platform`.
 
     Args:
-      backend: 'cpu', 'gpu', 'tpu', ... or None for `jax.default_backend()`.
+      platform: the platform of the devices the function is compiled for ('cpu', 'gpu',
+        'tpu', ...; `msjax.sharding.platform(mesh)`), not necessarily this host's.
 
     Returns:
       A dict for `jax.jit(..., compiler_options=...)`; empty where nothing is needed.
     """
-    if backend is None:
-        import jax
-
-        backend = jax.default_backend()
-    if backend == "cpu":
+    if platform == "cpu":
         return {DISABLE_PASSES.removeprefix("--"): KEEP_BARRIERS_PASS}
     return {}
 

@@ -178,7 +178,7 @@ def jax_setup(args) -> dict:
     source, target = synthetic_batch(rng, args.pairs, args.source, args.target, args.classes)
     source, target = jax.device_put((source, target))
     train_step = ts.make_train_step(model, tx, ts.ORIGINAL_LOSS)
-    options = xla.compiler_options() if args.keep_barriers == "on" else None
+    options = xla.compiler_options(jax.default_backend()) if args.keep_barriers == "on" else None
     step = jax.jit(train_step, donate_argnums=(0,), compiler_options=options)
 
     t0 = time.perf_counter()

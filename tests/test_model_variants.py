@@ -51,10 +51,26 @@ def test_variants_give_the_same_loss_gradients_and_statistics(tiny_reference, va
             assert rel_err(a, b) <= 1e-4
 
 
-def test_auto_resolves_from_the_default_backend():
-    assert jax.default_backend() == "cpu"  # conftest forces the CPU
-    assert resolve_atrous("auto") == "native"
-    assert resolve_atrous("space_to_batch") == "space_to_batch"
+def test_auto_resolves_from_the_platform_compiled_for():
+    assert resolve_atrous("auto", "cpu") == "native"
+    assert resolve_atrous("auto", "gpu") == "space_to_batch"
+    assert resolve_atrous("auto", "tpu") == "native"
+    assert resolve_atrous("space_to_batch", "cpu") == "space_to_batch"
+
+
+def test_platform_field_decides_atrous_and_barriers_not_the_host():
+    """A model for another platform, traced on this CPU host, makes that platform's choices:
+    no XLA:CPU barriers, and space-to-batch dilation for 'gpu' under atrous='auto'."""
+    x = jnp.zeros((1, 33, 33, 3))
+
+    def hlo(model):
+        variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+        return jax.jit(lambda v: model.apply(v, x, train=False)).lower(variables).as_text()
+
+    cpu, gpu = hlo(tiny_deeplabv2(platform="cpu")), hlo(tiny_deeplabv2(platform="gpu"))
+    assert "optimization_barrier" in cpu and "optimization_barrier" not in gpu
+    # Dilated 3x3 convolutions: a kernel dilation above 1 in the native form only.
+    assert "rhs_dilate = [2, 2]" in cpu and "rhs_dilate = [2, 2]" not in gpu
 
 
 def test_invalid_atrous_lists_allowed_values():

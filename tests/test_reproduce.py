@@ -27,7 +27,7 @@ from tests.test_train import REPO
 def one_step(variant: str):
     """(params before, params after, metrics) of one step of a smoke source config."""
     c = configlib.load("gta2city", f"{variant},smoke")
-    model, variables, _ = run_lib.build_model(c)
+    model, variables, _ = run_lib.build_model(c, "cpu")
     tx, _, _ = run_lib.make_optimizer(c, model, variables["params"])
     state = create_train_state(variables, tx)
     rng = np.random.default_rng(0)

@@ -103,8 +103,7 @@ def _largest_loop_fusion(layer3_blocks: int, options) -> int:
 def test_residual_blocks_are_not_recomputed_by_later_blocks():
     """With msjax's compiler options no fusion grows with depth; without them a fusion
     recomputes the residual path of all earlier blocks (operand counts: docs/performance.md)."""
-    assert jax.default_backend() == "cpu"
-    options = xla.compiler_options()
+    options = xla.compiler_options("cpu")
     assert options == {"xla_disable_hlo_passes": "cse_barrier_expander"}
     shallow, deep = _largest_loop_fusion(2, options), _largest_loop_fusion(8, options)
     assert deep == shallow, (shallow, deep)

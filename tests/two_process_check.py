@@ -162,7 +162,7 @@ def driver() -> int:
 
     b = saved_train_state(one, STEPS)
     a = saved_train_state(two, STEPS, like=b)
-    init = build_model(config(data_dir))[1]
+    init = build_model(config(data_dir), "cpu")[1]
     # Parameters must agree to TOLERANCE, absolutely and relative to their largest value; BN
     # statistics (running variances reach ~20) relative to theirs. The optimiser state is
     # the momentum, a sum of raw gradients: one device reduces a weight gradient over both

@@ -205,7 +205,7 @@ def make_predict_fn(
         with jax.default_matmul_precision(precision):
             return predict(model, variables, images, target_hw, views)
 
-    return jax.jit(fn, compiler_options=xla.compiler_options())
+    return jax.jit(fn, compiler_options=xla.compiler_options(model.compile_platform))
 
 
 def make_eval_step(
@@ -238,7 +238,7 @@ def make_eval_step(
         matrix = metrics.confusion_matrix(pred, label, num_classes, mask=mask)
         return (matrix, pred) if return_predictions else matrix
 
-    return jax.jit(step, compiler_options=xla.compiler_options())
+    return jax.jit(step, compiler_options=xla.compiler_options(model.compile_platform))
 
 
 def parse_scales(text: str | Sequence[float]) -> tuple[float, ...]:

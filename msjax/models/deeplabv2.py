@@ -28,6 +28,8 @@ from msjax.models.layers import (
     Conv,
     Dtype,
     resize_bilinear_align_corners,
+    resolve_atrous,
+    wants_fusion_barriers,
 )
 from msjax.models.resnet import RESNET101_BLOCKS, dilated_resnet
 
@@ -74,11 +76,15 @@ class DeepLabV2(nn.Module):
       aspp_branches: 2 (faithful) or 4.
       bn_mode: 'per_image' (faithful), 'batch' or 'frozen'.
       atrous: dilated convolution implementation, 'native', 'space_to_batch' or 'auto'
-        (resolved from `jax.default_backend()` when traced: layers.AUTO_ATROUS).
+        (the platform's choice: layers.AUTO_ATROUS).
       dtype: compute dtype (float32 for parity, bfloat16 for speed).
       param_dtype: parameter dtype (float32).
       remat: recompute each bottleneck's activations in the backward pass (saves memory,
         costs about one extra forward pass; same numbers and parameter names).
+      platform: the platform the model is compiled for ('cpu', 'gpu', 'tpu'), which decides
+        `atrous='auto'` and the XLA:CPU fusion barriers; msjax passes the platform of the
+        devices it compiles for (`msjax.sharding.platform`), so one host can compile for
+        another. None: `jax.default_backend()` when traced.
     """
 
     num_classes: int = 19
@@ -91,6 +97,12 @@ class DeepLabV2(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
+    platform: str | None = None
+
+    @property
+    def compile_platform(self) -> str:
+        """`platform`, or this process's default backend when it is None."""
+        return self.platform or jax.default_backend()
 
     def _check_fields(self) -> None:
         def bad(field, value, allowed):
@@ -111,9 +123,10 @@ class DeepLabV2(nn.Module):
         self._check_fields()
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"DeepLabV2 expects NHWC images [N, H, W, 3], got {images.shape}")
+        platform = self.compile_platform
         conv = functools.partial(
             Conv,
-            atrous=self.atrous,
+            atrous=resolve_atrous(self.atrous, platform),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
@@ -129,6 +142,7 @@ class DeepLabV2(nn.Module):
             conv=conv,
             norm=norm,
             remat=self.remat,
+            fusion_barriers=wants_fusion_barriers(platform),
         )
         head = functools.partial(
             ASPPClassifier, self.num_classes, branches=self.aspp_branches, conv=conv

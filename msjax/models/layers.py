@@ -27,29 +27,34 @@ Dtype = Any
 BN_MODES = ("per_image", "batch", "frozen")
 ATROUS_IMPLS = ("native", "space_to_batch", "auto")
 
-# What atrous='auto' means on each backend, chosen by scripts/bench_atrous.py (figures in
-# docs/performance.md): on CPU native dilation is as fast or faster; on GPU XLA computes a
+# What atrous='auto' means on each platform, chosen by scripts/bench_atrous.py
+# (docs/performance.md): on CPU native dilation is as fast or faster; on GPU XLA computes a
 # native dilated convolution's kernel gradient as one convolution with a whole-feature-map
-# window, and space-to-batch is several times faster. Unlisted backends (TPU) get native.
+# window, and space-to-batch is several times faster. Unlisted platforms (TPU) get native.
 AUTO_ATROUS = {"cpu": "native", "gpu": "space_to_batch", "cuda": "space_to_batch"}
 
 
-def resolve_atrous(atrous: str) -> str:
-    """The dilated-convolution implementation for `atrous`, resolving 'auto' per backend.
-
-    'auto' is resolved when the model is traced, from `jax.default_backend()` at that
-    moment (a model built on a CPU host and traced for a GPU gets the GPU's choice), through
-    `AUTO_ATROUS`; backends it does not list get 'native'. Other values pass unchanged.
+def resolve_atrous(atrous: str, platform: str) -> str:
+    """The dilated-convolution implementation for `atrous` on `platform`.
 
     Args:
-      atrous: 'native', 'space_to_batch' or 'auto'.
+      atrous: 'native', 'space_to_batch' or 'auto' (`AUTO_ATROUS[platform]`, else 'native').
+      platform: the platform the model is compiled for ('cpu', 'gpu', 'tpu', ...).
 
     Returns:
       'native' or 'space_to_batch'.
     """
     if atrous != "auto":
         return atrous
-    return AUTO_ATROUS.get(jax.default_backend(), "native")
+    return AUTO_ATROUS.get(platform, "native")
+
+
+def wants_fusion_barriers(platform: str) -> bool:
+    """Whether blocks should store their outputs behind a fusion barrier (`materialize`).
+
+    Only XLA:CPU needs it (see `materialize`); a barrier's effect elsewhere is unmeasured.
+    """
+    return platform == "cpu"
 
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -118,19 +123,16 @@ def _conv(x, kernel, stride: int, padding: int, dilation: int):
     )
 
 
-def materialize(x: jax.Array) -> jax.Array:
-    """`x` unchanged, computed once and stored: an XLA fusion barrier, on CPU only.
+def materialize(x: jax.Array, barrier: bool) -> jax.Array:
+    """`x` unchanged; with `barrier`, computed once and stored behind an XLA fusion barrier.
 
     XLA:CPU fuses cheap elementwise producers into every consumer, duplicating them; along
     a ResNet's residual path (BN, addition, ReLU of each block feeding the next block's
     addition) that recomputes all earlier blocks inside each later one.
     `lax.optimization_barrier` stops it, provided XLA keeps the barrier, which msjax's jitted
-    functions ask for (`msjax.xla.compiler_options`). On other backends nothing is inserted
-    (a barrier's effect there is unmeasured). Same numbers in every case.
+    functions ask for on CPU (`msjax.xla.compiler_options`). Same numbers in every case.
     """
-    if jax.default_backend() == "cpu":
-        return lax.optimization_barrier(x)
-    return x
+    return lax.optimization_barrier(x) if barrier else x
 
 
 def pixel_matmul(x: jax.Array, weights: jax.Array) -> jax.Array:
@@ -161,8 +163,8 @@ class Conv(nn.Module):
       padding: symmetric zero padding; PyTorch's `padding` argument.
       dilation: kernel dilation; PyTorch's `dilation` argument.
       use_bias: add a bias (initialised as PyTorch does by default).
-      atrous: 'native', 'space_to_batch' or 'auto' (per backend: `AUTO_ATROUS`) for dilated
-        convolutions.
+      atrous: 'native' or 'space_to_batch' for dilated convolutions (resolved: see
+        `resolve_atrous`).
       dtype: compute dtype. param_dtype: parameter dtype.
     """
 
@@ -190,7 +192,7 @@ class Conv(nn.Module):
             x = x[:, :: self.stride, :: self.stride, :]
             y = pixel_matmul(x, kernel[0, 0])
         elif (
-            resolve_atrous(self.atrous) == "space_to_batch"
+            self.atrous == "space_to_batch"
             and self.dilation > 1
             and self.stride == 1
             and self.padding == self.dilation * (k // 2)

@@ -48,6 +48,7 @@ class Bottleneck(nn.Module):
     stride_on: str = "1x1"
     conv: type[Conv] | functools.partial = Conv
     norm: type[BatchNorm] | functools.partial = BatchNorm
+    fusion_barrier: bool = False
 
     # `train` may be passed positionally: `nn.remat` needs it as a static positional argument
     # (jax.checkpoint would trace a keyword argument and the Python `if train` would fail).
@@ -67,7 +68,7 @@ class Bottleneck(nn.Module):
             x = self.norm(name="downsample_1")(x, train=train)
         # Stored once: without the barrier XLA:CPU recomputes the residual path of every
         # earlier block inside each later one (msjax/xla.py).
-        return materialize(nn.relu(out + x))
+        return materialize(nn.relu(out + x), self.fusion_barrier)
 
 
 def dilated_resnet(
@@ -80,6 +81,7 @@ def dilated_resnet(
     conv,
     norm,
     remat: bool = False,
+    fusion_barriers: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Runs the backbone; call it inside a parent module's `@nn.compact` method.
 
@@ -87,7 +89,8 @@ def dilated_resnet(
     level of the parent's tree (`conv1`, `layer1_0`, ...), mirroring the PyTorch names.
     With `remat`, every bottleneck keeps only its input for the backward pass and recomputes
     its inside (same numbers, about one more forward pass of compute, a fraction of the
-    activation memory); parameter names do not change.
+    activation memory); parameter names do not change. `fusion_barriers` stores each block's
+    output behind a barrier (`layers.materialize`: XLA:CPU needs it).
 
     Returns:
       (layer3 output, layer4 output): [N, h, w, 16*width] and [N, h, w, 32*width], h and w
@@ -113,6 +116,7 @@ def dilated_resnet(
                 stride_on=stride_on,
                 conv=conv,
                 norm=norm,
+                fusion_barrier=fusion_barriers,
                 name=f"layer{layer}_{i}",
             )(x, train)
         features.append(x)

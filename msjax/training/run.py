@@ -85,11 +85,15 @@ class Run:
             self.writer.close()
 
 
-def build_model(config):
-    """(model, variables, weights metadata) from config.model and config.init."""
+def build_model(config, platform: str):
+    """(model, variables, weights metadata) from config.model and config.init.
+
+    `platform` is that of the devices the model will be compiled for (the mesh's).
+    """
     fields = dict(config.model)
     fields["blocks"] = tuple(fields["blocks"])
     fields["dtype"] = jnp.dtype(fields["dtype"])
+    fields["platform"] = platform
     if config.init.checkpoint:
         try:
             model, variables = weights.load(config.init.checkpoint, **fields)
@@ -258,7 +262,7 @@ def build_run(config, workdir: str, allow_config_change: bool = False) -> Run:
     prepare_workdir(workdir, config, allow_config_change)
     data_dir = data_dir_for(config, workdir)
     ensure_synthetic_prepared(config, data_dir)
-    model, variables, init_meta = build_model(config)
+    model, variables, init_meta = build_model(config, sharding.platform(mesh))
     tx, group_sizes, schedule = make_optimizer(config, model, variables["params"])
     step_fn = jit_train_step(
         make_train_step(model, tx, config.loss), mesh, adapting=config.loss.target != "none"

@@ -172,7 +172,8 @@ def jit_train_step(train_step, mesh, *, adapting: bool):
 
     Args:
       train_step: from `make_train_step`.
-      mesh: the device mesh (`msjax.sharding.make_mesh`).
+      mesh: the device mesh (`msjax.sharding.make_mesh`); the step is compiled for its
+        devices' platform (the model's `platform` should be the same).
       adapting: whether a target batch is passed (None in source-only training).
     """
     repl, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
@@ -181,5 +182,5 @@ def jit_train_step(train_step, mesh, *, adapting: bool):
         in_shardings=(repl, batch, batch if adapting else None),
         out_shardings=(repl, repl),
         donate_argnums=(0,),
-        compiler_options=xla.compiler_options(),
+        compiler_options=xla.compiler_options(sharding.platform(mesh)),
     )

@@ -254,7 +254,7 @@ def score_weights(weights_dir: str, domain: str, size: str, data_dir: str) -> di
     )  # fmt: skip
     step = jax.jit(
         functools.partial(_confidence_counts, model, num_classes=model.num_classes),
-        compiler_options=xla.compiler_options(),
+        compiler_options=xla.compiler_options(model.compile_platform),
     )
     matrix, counts, grads = 0, 0, 0
     for batch in stream:
