@@ -30,14 +30,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from msjax.data.preparation import prepare_one
-    from tests import fake_data
-    from tests.checkpoints import save_random_checkpoint
-    from tests.test_exit import commands, exit_delay
+    from tests.helpers import commands, exit_delay, make_cityscapes, save_random_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         save_random_checkpoint(root / "ckpt", num_classes=19)
-        fake_data.make_cityscapes(root / "raw")
+        make_cityscapes(root / "raw")
         prepare_one(
             "cityscapes", "1024x512", root / "data", raw_dir=root / "raw", split_lists="none"
         )

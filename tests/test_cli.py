@@ -17,7 +17,7 @@ import pytest
 
 from msjax import cli
 from msjax.errors import ConfigError, UserError
-from tests.test_train import REPO
+from tests.helpers import REPO
 
 MAX_FUNCTION_LINES = 80
 
@@ -89,6 +89,27 @@ def test_no_function_in_msjax_is_longer_than_80_lines():
         if length > MAX_FUNCTION_LINES
     ]
     assert not long, long
+
+
+def _imported_modules(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def test_no_test_module_imports_another():
+    """What tests share lives in tests/helpers.py or conftest.py fixtures, so each test
+    module can be read, run and moved on its own."""
+    imports = [
+        f"{path.relative_to(REPO)} imports {name}"
+        for path in sorted(Path(REPO, "tests").rglob("*.py"))
+        for name in _imported_modules(path)
+        if re.fullmatch(r"tests\.(reference\.)?test_\w+", name)
+    ]
+    assert not imports, imports
 
 
 def test_nothing_cites_a_path_outside_the_repository():

@@ -3,7 +3,7 @@
 Each command runs in this process through its `main(argv)` (the real argument parser and
 `msjax.cli.run`). Every case checks exit status 2, one `error:` line naming the argument,
 no traceback, and that nothing was written or lost; the cases and their messages are
-listed in docs/errors.md (CATALOGUE in tests/test_errors.py).
+listed in docs/errors.md (CATALOGUE in tests/helpers.py).
 """
 
 import contextlib
@@ -21,10 +21,16 @@ from PIL import Image
 from msjax import convert, evaluate, predict, prepare
 from msjax.data import builders
 from msjax.evaluation import predictor, visualize
-from tests import fake_data
-from tests.checkpoints import save_random_checkpoint
+from tests.helpers import (
+    CATALOGUE,
+    IMAGE_H,
+    IMAGE_W,
+    make_gta5,
+    save_random_checkpoint,
+    truncate,
+    write_png16,
+)
 from tests.reference.deeplabv2_torch import DeepLabV2Torch, randomize_, save_in_layout
-from tests.test_errors import CATALOGUE
 
 
 def tree(path) -> dict:
@@ -69,9 +75,9 @@ def prepare_main(argv) -> int:
 def gta5(tmp_path_factory):
     """A GTA5 raw folder, one whose second label is RGB, and a data dir prepared from the first."""
     root = tmp_path_factory.mktemp("gta5")
-    fake_data.make_gta5(root / "raw", n=3, orphans=False)
-    fake_data.make_gta5(root / "bad", n=3, orphans=False)
-    Image.fromarray(np.zeros((fake_data.H, fake_data.W, 3), np.uint8)).save(
+    make_gta5(root / "raw", n=3, orphans=False)
+    make_gta5(root / "bad", n=3, orphans=False)
+    Image.fromarray(np.zeros((IMAGE_H, IMAGE_W, 3), np.uint8)).save(
         root / "bad" / "labels" / "00002.png"
     )
     return root
@@ -301,7 +307,7 @@ def test_predict_arguments(weights_dir, images, tmp_path, capsys, args, case):
     if case == "predict a file that is no image":
         (images / "sub" / "zero.png").write_bytes(b"")
     if case == "predict a decompression bomb":  # a header claiming 20000x20000 pixels
-        fake_data.write_png16(images / "sub" / "huge.png", np.zeros((1, 1), np.uint16))
+        write_png16(images / "sub" / "huge.png", np.zeros((1, 1), np.uint16))
         data = bytearray((images / "sub" / "huge.png").read_bytes())
         data[16:24] = (20000).to_bytes(4, "big") * 2
         data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
@@ -320,7 +326,7 @@ def test_predict_that_fails_half_way_leaves_out_as_it_was(weights_dir, images, t
     assert predict.main([str(a) for a in predict_args(weights_dir, images, out)]) == 0
     before = tree(out)
     assert len(before) == 6
-    fake_data.truncate(images / "sub" / "c.png")  # the header reads; the pixels do not
+    truncate(images / "sub" / "c.png")  # the header reads; the pixels do not
     refused(capsys, predict.main, predict_args(weights_dir, images, out), "predict truncated image")
     assert tree(out) == before
 

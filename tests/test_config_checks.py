@@ -10,8 +10,7 @@ import pytest
 from msjax import config_checks, configlib, demo, train
 from msjax.errors import ConfigError, UserError, WeightsError
 from msjax.training.workdir import flatten
-from tests.test_errors import CATALOGUE, fails, smoke
-from tests.test_train import load_config, run_cli
+from tests.helpers import CATALOGUE, fails, load_config, run_cli, smoke
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,7 @@ def with_fields(config, **fields):
 
 
 # case -> fields. Each value was accepted before its check existed, or failed later with a
-# traceback or a misleading message; CATALOGUE (tests/test_errors.py) holds the message.
+# traceback or a misleading message; CATALOGUE (tests/helpers.py) holds the message.
 BAD_FIELDS = {
     "steps 0": {"train__steps": 0},
     "lambda inf": {"loss__lambda_target": math.inf},

@@ -1,6 +1,6 @@
-"""TFDS builders on fake raw folders, the prepare CLI, and every bad input of the issue.
+"""TFDS builders on fake raw folders, the prepare CLI, and every bad input of a raw folder.
 
-Builds run the real loaders on tiny files in the exact download layouts (tests/fake_data.py);
+Builds run the real loaders on tiny files in the exact download layouts (tests/helpers.py);
 stored examples are compared pixel by pixel with an independent PIL reading of the raw files.
 """
 
@@ -16,7 +16,15 @@ from PIL import Image
 from msjax import prepare
 from msjax.data import builders, datasets, labels, preparation, split_lists, synthetic
 from msjax.errors import DataError
-from tests import fake_data
+from tests.helpers import (
+    IMAGE_H,
+    IMAGE_W,
+    make_cityscapes,
+    make_gta5,
+    make_nthu,
+    make_synthia,
+    truncate,
+)
 
 RAW_CONFIGS = [
     ("gta5", "1280x720"),
@@ -39,10 +47,10 @@ def test_every_config_is_covered():
 def raw(tmp_path_factory):
     root = tmp_path_factory.mktemp("raw")
     return {
-        "gta5": (root / "gta5", fake_data.make_gta5(root / "gta5")),
-        "synthia": (root / "synthia", fake_data.make_synthia(root / "synthia")),
-        "cityscapes": (root / "cityscapes", fake_data.make_cityscapes(root / "cityscapes")),
-        "nthu": (root / "nthu", fake_data.make_nthu(root / "nthu")),
+        "gta5": (root / "gta5", make_gta5(root / "gta5")),
+        "synthia": (root / "synthia", make_synthia(root / "synthia")),
+        "cityscapes": (root / "cityscapes", make_cityscapes(root / "cityscapes")),
+        "nthu": (root / "nthu", make_nthu(root / "nthu")),
     }
 
 
@@ -226,7 +234,7 @@ def test_cityscapes_split_lists_use_keys(raw, tmp_path):
 
 def test_nthu_lists_look_in_their_own_folder(tmp_path):
     """NTHU stems recur in Images/Train and Images/Test: each list reads its own folder."""
-    fake_data.make_nthu(tmp_path / "raw", cities=("Rome",), n_train=2, n_test=1)
+    make_nthu(tmp_path / "raw", cities=("Rome",), n_train=2, n_test=1)
     city = tmp_path / "raw" / "Rome"
     # The Test folder gets an image (with its label) of the same stem as a Train image.
     Image.open(city / "Images" / "Test" / "pano_00000_test.jpg").save(
@@ -335,7 +343,7 @@ def test_missing_raw_folder_cli_subprocess(tmp_path):
 
 
 def test_only_orphans_is_an_error(tmp_path, capsys):
-    fake_data.make_gta5(tmp_path / "raw", n=0, orphans=True)
+    make_gta5(tmp_path / "raw", n=0, orphans=True)
     err = _error(
         capsys, ["gta5", str(tmp_path / "raw"), "--data-dir", str(tmp_path / "d"), *FOLDERS]
     )
@@ -343,9 +351,9 @@ def test_only_orphans_is_an_error(tmp_path, capsys):
 
 
 def test_truncated_image(tmp_path, capsys):
-    fake_data.make_gta5(tmp_path / "raw", n=3, orphans=False)
+    make_gta5(tmp_path / "raw", n=3, orphans=False)
     bad = tmp_path / "raw" / "images" / "00002.png"
-    fake_data.truncate(bad)
+    truncate(bad)
     err = _error(
         capsys, ["gta5", str(tmp_path / "raw"), "--data-dir", str(tmp_path / "d"), *FOLDERS]
     )
@@ -354,9 +362,9 @@ def test_truncated_image(tmp_path, capsys):
 
 
 def test_truncated_synthia_label(tmp_path, capsys):
-    fake_data.make_synthia(tmp_path / "raw", n=2)
+    make_synthia(tmp_path / "raw", n=2)
     bad = tmp_path / "raw" / "GT" / "LABELS" / "0000001.png"
-    fake_data.truncate(bad, 0.6)
+    truncate(bad, 0.6)
     args = ["synthia", str(tmp_path / "raw"), "--data-dir", str(tmp_path / "d"), *FOLDERS]
     err = _error(capsys, args + ["--config", "full"])
     assert str(bad) in err
@@ -364,7 +372,7 @@ def test_truncated_synthia_label(tmp_path, capsys):
 
 
 def test_unreadable_label(tmp_path, capsys):
-    fake_data.make_cityscapes(tmp_path / "raw", {"train": [("ulm", 2)]})
+    make_cityscapes(tmp_path / "raw", {"train": [("ulm", 2)]})
     bad = next((tmp_path / "raw" / "gtFine").rglob("*_gtFine_labelIds.png"))
     bad.write_bytes(b"not a png at all")
     err = _error(
@@ -376,7 +384,7 @@ def test_unreadable_label(tmp_path, capsys):
 
 def test_label_of_another_size_is_resized_not_dropped(tmp_path, capsys):
     """As the original: image and label are each resized to the stored size."""
-    fake_data.make_gta5(tmp_path / "raw", n=2, orphans=False)
+    make_gta5(tmp_path / "raw", n=2, orphans=False)
     odd = tmp_path / "raw" / "labels" / "00002.png"
     Image.open(odd).resize((32, 16), Image.NEAREST).save(odd)
     args = ["gta5", str(tmp_path / "raw"), "--data-dir", str(tmp_path / "d"), *FOLDERS]
@@ -392,7 +400,7 @@ def test_label_of_another_size_is_resized_not_dropped(tmp_path, capsys):
     # `full` keeps the image's size: the label is resized to it.
     assert prepare.main(args + ["--no-progress", "--config", "full"]) == 0
     stored = read_prepared("gta5", "full", tmp_path / "d")["train"]
-    assert stored["00002"][1].shape == (fake_data.H, fake_data.W)
+    assert stored["00002"][1].shape == (IMAGE_H, IMAGE_W)
 
 
 def test_unknown_names(tmp_path, capsys):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.test_exit import EXIT_GRACE_S, exit_delay
+from tests.helpers import EXIT_GRACE_S, exit_delay
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.test_train import REPO
+from tests.helpers import REPO
 
 
 @pytest.mark.slow

@@ -21,122 +21,22 @@ from msjax.data.pipeline import make_train_stream
 from msjax.data.preparation import prepare_one
 from msjax.training.checkpoints import RunCheckpoints
 from msjax.training.workdir import prepare_workdir
-from tests import fake_data
-from tests.checkpoints import save_random_checkpoint
-from tests.subprocess_env import with_devices
-from tests.test_train import REPO, load_config, run_cli
+from tests.helpers import (
+    CATALOGUE,
+    REPO,
+    fails,
+    make_cityscapes,
+    make_gta5,
+    run_cli,
+    save_random_checkpoint,
+    smoke,
+    truncate,
+    with_devices,
+)
 
 # A failed Orbax restore or save (truncated files, simulated ENOSPC) leaves coroutines of its
 # other arrays unawaited; they are collected later, in whatever test runs then.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
-# case -> a fragment of its message, as docs/errors.md shows it (grouped as there, by the
-# class of failure each case would be without its check). The tests of the cases live in
-# this file, test_config_checks.py, test_cli_arguments.py, test_outputs.py, test_signals.py,
-# test_datasets.py and test_convert.py; the docs row of each names its test.
-CATALOGUE = {
-    # -- Data loss: nothing saved before is deleted or damaged.
-    "prepare --overwrite from a bad raw folder": "has mode RGB; expected a single-channel PNG",
-    "prepare interrupted": "Interrupted (Ctrl-C). Outputs being written were discarded",
-    "convert --force into a folder of other files": "holds files that are not a msjax weights",
-    "export over a folder of other files": "not a msjax weights folder",
-    "replacing a weights folder fails mid-write": "Could not write the weights folder",
-    "swap killed between its two renames": "the old folder is put back",
-    "results.json write fails": "Could not write",
-    "workdir of other files": "but no config.json: it is not a msjax run",
-    "foreign config.json": "is not the config of a msjax run",
-    "evaluate disk full while writing the report": "No space left on device",
-    "evaluate interrupted": "Interrupted (Ctrl-C)",
-    "predict truncated image": "cannot read image",
-    "predict two images with one output name": "would both be written as OUT/a_color.png",
-    "second Ctrl-C": "Second Ctrl-C: exiting now.",
-    # -- False success: a run that would do nothing (or not what was asked) is an error.
-    "steps -1": "config.train.steps=-1: must be an integer >= 1",
-    "steps 0": "config.train.steps=0: must be an integer >= 1",
-    "lambda nan": "config.loss.lambda_target=nan: must be a finite number",
-    "lambda inf": "config.loss.lambda_target=inf: must be a finite number",
-    "lr nan": "config.optim.lr=nan: must be a finite number",
-    "steps past iter_max": "config.train.steps=30 exceeds config.optim.iter_max=20",
-    "workdir past the end": "beyond config.train.steps=2",
-    "scale range reversed": "config.source.random_scale=(2.0, 0.5): must be None or (min, max)",
-    "ignore index of a class": "config.loss.ignore_index=3: must be one of [255]",
-    "convert zero classes": "--num-classes 0: must be one of [13, 16, 19]",
-    "convert unusable class count": "--num-classes 7: must be one of [13, 16, 19]",
-    "prepare zero examples": "--max-examples 0: must be an integer >= 1",
-    "prepare zero workers": "--workers 0: must be an integer >= 1",
-    "prepare synthetic with a raw dir": "is generated, not read: RAW_DIR",
-    "predict alpha nan": "--alpha nan: the overlay colour weight must be in [0, 1]",
-    "predict alpha out of range": "--alpha 2.0: the overlay colour weight must be in [0, 1]",
-    "empty workdir": "--workdir is required: the folder of the run.",
-    "prepare empty data dir": "--data-dir is empty: give the folder to write to.",
-    "convert empty OUT_DIR": "OUT_DIR is empty: give the folder to write to.",
-    "evaluate empty --out": "--out is empty: give the folder to write to.",
-    "predict empty --out": "--out is empty: give the folder to write to.",
-    "predict empty --images": "--images is empty",
-    "evaluate empty --split": "--split is empty: name a split, or leave it out",
-    "predict out inside the images folder": "wrote 6 files",
-    "demo fields": "config.demo.source_steps=0: must be an integer >= 1",
-    "demo field checked after a stage": "config.demo.adapt_lr=nan: must be a finite number",
-    "Ctrl-C at start-up": "before the run started; nothing was written.",
-    "Ctrl-C while the run is built": "before the first step: nothing new to save",
-    "16-bit grey image": "the top 8 bits",
-    "EXIF-rotated JPEG": "as a photo viewer shows it",
-    # -- Tracebacks and unclear messages: one line naming the argument, field or file.
-    "Ctrl-C during training": "Stopped by SIGINT (Ctrl-C): saved step",
-    "prepare data dir that is a file": "is a file, not a folder.",
-    "prepare data dir under a file": "cannot be created: ",
-    "prepare negative workers": "--workers -2: must be an integer >= 1",
-    "prepare negative examples": "--max-examples -1: must be an integer >= 1",
-    "prepare raw dir that is a file": "is a file; give the raw download folder.",
-    "convert OUT_DIR that is a file": "is a file, not a folder.",
-    "convert OUT_DIR under a file": "cannot be created: ",
-    "convert negative classes": "--num-classes -3: must be one of [13, 16, 19]",
-    "convert negative seed": "--seed -1: must be an integer >= 0.",
-    "convert empty .pth": "as a PyTorch checkpoint: the file is empty.",
-    "convert garbage .pth": "as a PyTorch checkpoint: not a PyTorch file, or a damaged one",
-    "convert .pth with Python objects": "it holds Python objects besides tensors",
-    "evaluate --out that is a file": "is a file, not a folder.",
-    "evaluate --out under a file": "cannot be created: ",
-    "evaluate missing --data-dir": "does not exist: give the folder the data sets were prepared",
-    "evaluate --data-dir that is a file": "is a file: give the folder the data sets were prepared",
-    "evaluate a run folder": "it is a training run's folder; pass its weights, e.g.",
-    "predict --out that is a file": "is a file, not a folder.",
-    "predict a file that is no image": "(not an image, or damaged).",
-    "predict a decompression bomb": "could be decompression bomb DOS attack.",
-    "data dir that is a file": "is a file; give the folder the data sets were prepared into.",
-    "optimizer rules misspelt": "must be 'faithful' or a list of [regex, group] pairs",
-    "optimizer rule not a regex": "'(' is not a regular expression",
-    "crop size in fractions": "must be None or (width, height) in whole pixels",
-    "seed out of range": "config.seed=18446744073709551616: must be an integer in [0, 2**62)",
-    "unknown data set": "config.source: unknown data set 'kitti'",
-    "unknown data config": "config.eval: synthetic_target: unknown config '999x1'",
-    "empty split": "config.eval.split='': must be a non-empty name",
-    "init checkpoint missing": "is not a converted weights folder: it does not exist",
-    "init checkpoint a .pth": "it is a file (a .pth must be converted first)",
-    "resume with another architecture": "cannot continue with this model, even with",
-    "missing config file": "nope.py does not exist; give a config file",
-    "distributed without a cluster": "config.distributed=True, but JAX found no multi-host job",
-    "damaged stage summary": "the stage runs again",
-    # -- The first catalogue (before issue 17): already one clear line.
-    "missing data dir": "does not exist. Prepare the data sets there",
-    "empty data dir": "is not prepared at config",
-    "data dir prepared at another resolution": "(prepared configs there: ['full'])",
-    "wrong class count": "config.init.checkpoint: num_classes=16 was requested but the weights",
-    "checkpoint folder that is not Orbax": "is not a converted weights folder",
-    "truncated checkpoint": "Cannot restore the train state of step",
-    "unknown config argument": "unknown config argument",
-    "misspelled override": "bad --config override or config file",
-    "unwritable workdir": "is not writable",
-    "workdir of another config": "holds a run of another config",
-    "corrupted image in a raw folder": "truncated",
-    "listed pair missing from a raw folder": "listed pair(s) are not in",
-    ".pth of an unknown layout": "unknown layout",
-    "zero or negative batch": "must be an integer >= 1",
-    "batch not divisible by the device count": "the global batch must be a positive multiple",
-    "fewer target than source examples": "both streams restart together",
-    "disk full while saving": "No space left on device",
-    "non-finite loss": "Non-finite",
-}
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +48,8 @@ def synthetic_dir(smoke_data_dir):
 def fixture_dir(tmp_path_factory):
     """GTA5 and Cityscapes fixtures prepared at 'full' only."""
     root = tmp_path_factory.mktemp("fixture")
-    fake_data.make_gta5(root / "raw" / "gta5")
-    fake_data.make_cityscapes(root / "raw" / "cityscapes")
+    make_gta5(root / "raw" / "gta5")
+    make_cityscapes(root / "raw" / "cityscapes")
     prepare_one(
         "gta5", "full", str(root / "data"), raw_dir=root / "raw" / "gta5", split_lists="none"
     )
@@ -163,15 +63,6 @@ def fixture_dir(tmp_path_factory):
     return str(root / "data")
 
 
-def smoke(data_dir, steps=2, variant="iw,smoke"):
-    c = load_config("gta2city", variant)
-    c.data_dir = data_dir
-    c.train.steps = steps
-    c.train.tensorboard = False
-    c.eval.every_steps = 100
-    return c
-
-
 def real_data(data_dir, config="full"):
     """A smoke config reading prepared GTA5 -> Cityscapes (no synthetic generation)."""
     c = smoke(data_dir, variant="maxsquare,smoke")
@@ -179,19 +70,6 @@ def real_data(data_dir, config="full"):
     c.source.config = c.target.config = c.eval.config = config
     c.eval.batch_size = 1
     return c
-
-
-def fails(capsys, config, workdir, case, **kwargs) -> str:
-    """Runs like the CLI; asserts exit 2 and one clear message; returns it."""
-    status = train.run(config, str(workdir), **kwargs)
-    err = capsys.readouterr().err
-    assert status == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    message = err[err.index("error: ") :]
-    assert CATALOGUE[case] in message, message
-    return message
 
 
 def test_missing_data_dir(tmp_path, capsys):
@@ -238,7 +116,7 @@ def test_truncated_checkpoint_names_the_step_and_the_intact_one(synthetic_dir, t
     assert train.run(c, str(tmp_path)) == 0
     data = tmp_path / "checkpoints" / "4" / "state" / "ocdbt.process_0" / "d"
     biggest = max(data.iterdir(), key=lambda f: f.stat().st_size)
-    fake_data.truncate(biggest)
+    truncate(biggest)
     c.train.steps = 6  # extending a run is allowed; the damaged step 4 is in the way
     message = fails(capsys, c, tmp_path, "truncated checkpoint")
     assert "step 4" in message and "to resume from step 2" in message

@@ -19,9 +19,13 @@ from PIL import Image
 from msjax import evaluate, predict
 from msjax.data import labels
 from msjax.evaluation import inference, metrics, protocol, report
-from tests import fake_data
-from tests.checkpoints import random_variables, save_random_checkpoint
-from tests.test_metrics import numpy_confusion, numpy_iou
+from tests.helpers import (
+    make_cityscapes,
+    numpy_confusion,
+    numpy_iou,
+    random_variables,
+    save_random_checkpoint,
+)
 
 VAL = {"train": [("aachen", 1)], "val": [("frankfurt", 2), ("lindau", 1)]}
 CAFFE_BGR_MEAN = np.array([104.00698793, 116.66876762, 122.67891434], np.float32)
@@ -33,7 +37,7 @@ def setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("eval")
     raw = root / "raw"
-    fake_data.make_cityscapes(raw, per_split=VAL)
+    make_cityscapes(raw, per_split=VAL)
     for config in ("1024x512", "full"):
         preparation.prepare_one(
             "cityscapes", config, root / "tfds", raw_dir=raw, split_lists="none"

@@ -12,22 +12,19 @@ scheduler job that never ends. Two checks:
 """
 
 import gc
-import subprocess
-import sys
-import threading
-import time
 
 import pytest
 
 from msjax.data.preparation import prepare_one
-from tests import fake_data
-from tests.checkpoints import save_random_checkpoint
-from tests.test_train import REPO, load_config
+from tests.helpers import (
+    EXIT_GRACE_S,
+    commands,
+    exit_delay,
+    load_config,
+    make_cityscapes,
+    save_random_checkpoint,
+)
 
-# Seconds a command may take between its last line of output and its exit. A normal exit
-# (TensorFlow, JAX and Orbax unloading) takes a few seconds even on a loaded 2-core machine;
-# the hang this guards against lasted minutes.
-EXIT_GRACE_S = 30
 REPEATS = 3
 
 
@@ -63,63 +60,14 @@ def test_training_and_evaluation_leave_no_tf_data_iterator_alive(smoke_data_dir,
         gc.enable()
 
 
-def exit_delay(args: list[str], timeout: float = 600, tail: int = 5) -> tuple[int, float, str]:
-    """Runs `python -m ARGS`; returns (status, seconds from its last output to its exit, and
-    the last `tail` lines of its output).
-
-    Both output streams are read line by line as they come, so the time of the last line is
-    known to within the reader's latency.
-    """
-    proc = subprocess.Popen(
-        [sys.executable, "-m", *args], cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, bufsize=1,
-    )  # fmt: skip
-    last = [time.monotonic()]
-    lines: list[str] = []
-
-    def read():
-        for line in proc.stdout:
-            lines.append(line)
-            last[0] = time.monotonic()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"{' '.join(args)} did not exit within {timeout} s:\n" + "".join(lines[-20:]))
-    ended = time.monotonic()
-    reader.join(timeout=10)
-    return proc.returncode, ended - last[0], "".join(lines[-tail:])
-
-
 @pytest.fixture(scope="module")
 def cli_inputs(tmp_path_factory, smoke_data_dir):
     """A weights folder, prepared Cityscapes fixtures and raw images for every command."""
     root = tmp_path_factory.mktemp("exit")
     save_random_checkpoint(root / "ckpt", num_classes=19)
-    fake_data.make_cityscapes(root / "raw")
+    make_cityscapes(root / "raw")
     prepare_one("cityscapes", "1024x512", root / "data", raw_dir=root / "raw", split_lists="none")
     return {"root": root, "smoke_data": smoke_data_dir}
-
-
-def commands(inputs, i: int) -> dict[str, list[str]]:
-    """Each command's arguments for repetition `i` (fresh output folders every time)."""
-    root = inputs["root"]
-    return {
-        "train": ["msjax.train", "--config", "gta2city.py:iw,smoke", f"--workdir={root}/run{i}",
-                  f"--config.data_dir={inputs['smoke_data']}", "--config.train.tensorboard=False"],
-        "evaluate": ["msjax.evaluate", "--checkpoint", str(root / "ckpt"), "--dataset",
-                     "cityscapes", "--data-dir", str(root / "data"), "--out",
-                     str(root / f"eval{i}"), "--no-progress"],
-        "predict": ["msjax.predict", "--checkpoint", str(root / "ckpt"), "--images",
-                    str(root / "raw" / "leftImg8bit" / "val"), "--out", str(root / f"pred{i}"),
-                    "--input-size", "64", "--no-progress"],
-        "prepare": ["msjax.prepare", "cityscapes", str(root / "raw"), "--data-dir",
-                    str(root / f"data{i}"), "--split-lists", "none", "--no-progress"],
-    }  # fmt: skip
 
 
 @pytest.mark.slow

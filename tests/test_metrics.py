@@ -6,23 +6,7 @@ import pytest
 
 from msjax.data import labels
 from msjax.evaluation import metrics, published
-
-
-def numpy_confusion(pred, label, num_classes, mask=None):
-    """The original's `Eval.__generate_matrix`, plus the batch padding mask."""
-    keep = (label >= 0) & (label < num_classes)
-    if mask is not None:
-        keep &= mask.reshape(mask.shape + (1,) * (label.ndim - 1))
-    index = num_classes * label[keep].astype(int) + pred[keep]
-    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def numpy_iou(m):
-    """The original's per-class IoU (NumPy division: 0/0 -> NaN)."""
-    m = m.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.diag(m) / (m.sum(1) + m.sum(0) - np.diag(m))
-
+from tests.helpers import numpy_confusion, numpy_iou
 
 _cm = jax.jit(metrics.confusion_matrix, static_argnums=(2,))
 

@@ -13,7 +13,7 @@ import pytest
 from msjax import outputs, weights
 from msjax.errors import ConfigError, OutputError, WeightsError
 from msjax.weights import folder
-from tests.checkpoints import random_variables, save_random_checkpoint
+from tests.helpers import random_variables, save_random_checkpoint
 
 
 def tree(path):

@@ -8,7 +8,7 @@ import pytest
 from msjax.data import augment as aug
 from msjax.data import labels, pipeline, preparation
 from msjax.errors import DataError
-from tests import fake_data
+from tests.helpers import make_cityscapes
 
 tf = pipeline.tf
 N_EXAMPLES = 25  # odd on purpose: hosts get 8/8/9 examples, eval batches need padding
@@ -19,7 +19,7 @@ def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("prepared")
     preparation.prepare_one("synthetic_source", "128x64", d, max_examples=N_EXAMPLES)
     raw = tmp_path_factory.mktemp("raw") / "cityscapes"
-    fake_data.make_cityscapes(raw)
+    make_cityscapes(raw)
     preparation.prepare_one("cityscapes", "1024x512", d, raw_dir=raw, split_lists="none")
     return d
 

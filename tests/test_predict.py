@@ -8,7 +8,7 @@ from PIL import Image
 from msjax import predict
 from msjax.data import labels
 from msjax.evaluation import visualize
-from tests.checkpoints import save_random_checkpoint
+from tests.helpers import save_random_checkpoint
 
 
 @pytest.mark.parametrize("num_classes", [19, 16, 13])

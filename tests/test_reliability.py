@@ -10,8 +10,6 @@ import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -21,80 +19,22 @@ import pytest
 from msjax import train
 from msjax.training.checkpoints import RunCheckpoints
 from msjax.training.loop import train_and_evaluate
-from tests.checkpoints import saved_train_state
-from tests.test_train import REPO, load_config
+from tests.helpers import (
+    SHORT_RUN_STEPS,
+    logged_steps,
+    saved_train_state,
+    short_run_args,
+    short_run_config,
+    start,
+    wait_for_step,
+)
 
-STEPS = 10
-# Every field given to the subprocess as an override, and set the same way in-process.
-OVERRIDES = {
-    "train.steps": STEPS,
-    "train.checkpoint_every": 2,
-    "train.log_every": 1,
-    "train.tensorboard": False,
-    "eval.every_steps": 100,
-}
+STEPS = SHORT_RUN_STEPS
 
 
 @pytest.fixture(scope="module")
 def data_dir(smoke_data_dir):
     return smoke_data_dir
-
-
-def config(data_dir, **changes):
-    c = load_config("gta2city", "iw,smoke")
-    c.data_dir = data_dir
-    for key, value in {**OVERRIDES, **changes}.items():
-        section, field = key.split(".")
-        c[section][field] = value
-    return c
-
-
-def cli_args(data_dir, workdir):
-    args = ["--config", "gta2city.py:iw,smoke", f"--workdir={workdir}"]
-    args.append(f"--config.data_dir={data_dir}")
-    args += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    return args
-
-
-def start(module, *args):
-    """A training subprocess (CPU and the compilation cache from conftest.py's environment)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def logged_steps(workdir) -> int:
-    """The last step in metrics.jsonl (0 if none yet)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return 0
-    steps = [0]
-    for line in open(path):
-        try:
-            steps.append(json.loads(line)["step"])
-        except (json.JSONDecodeError, KeyError):
-            pass
-    return max(steps)
-
-
-def committed_steps(workdir) -> list[int]:
-    folder = os.path.join(workdir, "checkpoints")
-    return (
-        sorted(int(f) for f in os.listdir(folder) if f.isdigit()) if os.path.isdir(folder) else []
-    )
-
-
-def wait_for_step(process, workdir, step, checkpointed=False, timeout=240):
-    """Waits until the run has logged `step` (and, if asked, committed a checkpoint)."""
-    deadline = time.time() + timeout
-    while logged_steps(workdir) < step or (checkpointed and not committed_steps(workdir)):
-        assert process.poll() is None, "the run ended first: " + process.communicate()[1][-3000:]
-        assert time.time() < deadline, "the run did not reach the step in time"
-        time.sleep(0.01)
 
 
 def train_state(workdir, step=STEPS):
@@ -109,7 +49,7 @@ def losses(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    summary = train_and_evaluate(config(data_dir), workdir)
+    summary = train_and_evaluate(short_run_config(data_dir), workdir)
     assert summary["final_step"] == STEPS
     return workdir
 
@@ -131,7 +71,7 @@ def assert_same_run(workdir, reference):
 def test_sigkill_at_a_random_step_then_restart_is_bit_identical(data_dir, uninterrupted, tmp_path):
     kill_after = random.Random().randint(3, 7)
     workdir = str(tmp_path / "run")
-    process = start("msjax.train", *cli_args(data_dir, workdir))
+    process = start("msjax.train", *short_run_args(data_dir, workdir))
     wait_for_step(process, workdir, kill_after, checkpointed=True)
     process.send_signal(signal.SIGKILL)
     print(f"killed after step {logged_steps(workdir)} (drawn: {kill_after})")
@@ -141,7 +81,7 @@ def test_sigkill_at_a_random_step_then_restart_is_bit_identical(data_dir, uninte
     resumed_from = ckpts.latest_step()
     ckpts.close()
     assert resumed_from is not None and resumed_from < STEPS, "killed too late to test a resume"
-    summary = train_and_evaluate(config(data_dir), workdir)
+    summary = train_and_evaluate(short_run_config(data_dir), workdir)
     assert summary["start_step"] == resumed_from and summary["final_step"] == STEPS
     assert_same_run(workdir, uninterrupted)
 
@@ -149,13 +89,13 @@ def test_sigkill_at_a_random_step_then_restart_is_bit_identical(data_dir, uninte
 @pytest.mark.slow
 def test_sigkill_during_a_checkpoint_save_keeps_the_previous_one(data_dir, uninterrupted, tmp_path):
     workdir = str(tmp_path / "run")
-    process = start("tests.kill_during_save", "6", *cli_args(data_dir, workdir))
+    process = start("tests.kill_during_save", "6", *short_run_args(data_dir, workdir))
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == -signal.SIGKILL, stderr[-3000:]
     folders = os.listdir(os.path.join(workdir, "checkpoints"))
     # Step 6 was fully written, but only to its temporary folder: it must not count.
     assert "6" not in folders and any(f.startswith("6.orbax-checkpoint-tmp") for f in folders)
-    summary = train_and_evaluate(config(data_dir), workdir)
+    summary = train_and_evaluate(short_run_config(data_dir), workdir)
     assert summary["start_step"] == 4
     assert not any("tmp" in f for f in os.listdir(os.path.join(workdir, "checkpoints")))
     assert_same_run(workdir, uninterrupted)
@@ -165,7 +105,9 @@ def test_sigkill_during_a_checkpoint_save_keeps_the_previous_one(data_dir, unint
 def test_sigterm_saves_the_current_step_and_exits_zero(data_dir, uninterrupted, tmp_path):
     workdir = str(tmp_path / "run")
     # Also the GPU determinism flag: applied before JAX starts, and no change on CPU.
-    process = start("msjax.train", *cli_args(data_dir, workdir), "--config.deterministic=True")
+    process = start(
+        "msjax.train", *short_run_args(data_dir, workdir), "--config.deterministic=True"
+    )
     wait_for_step(process, workdir, 3)
     signalled = time.time()
     process.send_signal(signal.SIGTERM)
@@ -182,7 +124,7 @@ def test_sigterm_saves_the_current_step_and_exits_zero(data_dir, uninterrupted, 
     assert ckpts.latest_step() == saved
     ckpts.close()
     assert not os.path.exists(os.path.join(workdir, "final"))
-    summary = train_and_evaluate(config(data_dir), workdir)
+    summary = train_and_evaluate(short_run_config(data_dir), workdir)
     assert summary["start_step"] == saved
     assert_same_run(workdir, uninterrupted)
 
@@ -191,7 +133,7 @@ def test_sigterm_saves_the_current_step_and_exits_zero(data_dir, uninterrupted, 
 def test_non_finite_run_exits_non_zero_naming_the_step_and_the_checkpoint_restores(
     data_dir, tmp_path, capsys
 ):
-    c = config(data_dir, **{"optim.lr": 1e9, "train.checkpoint_every": 1})
+    c = short_run_config(data_dir, **{"optim.lr": 1e9, "train.checkpoint_every": 1})
     status = train.run(c, str(tmp_path))
     err = capsys.readouterr().err
     assert status == 2

@@ -21,7 +21,7 @@ from msjax.errors import WorkdirError
 from msjax.training import run as run_lib
 from msjax.training.stages import Stage, run_stage
 from msjax.training.step import create_train_state, make_train_step
-from tests.test_train import REPO
+from tests.helpers import REPO
 
 
 def one_step(variant: str):

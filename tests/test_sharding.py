@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from tests.subprocess_env import with_devices
-from tests.test_train import REPO
+from tests.helpers import REPO, with_devices
 
 
 @pytest.mark.slow

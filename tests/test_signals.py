@@ -16,16 +16,23 @@ from msjax.training import loop, preemption
 from msjax.training import run as run_module
 from msjax.training.checkpoints import RunCheckpoints
 from msjax.training.stages import finished_summary
-from tests.checkpoints import saved_train_state
-from tests.test_errors import smoke
-from tests.test_reliability import STEPS, cli_args, committed_steps, config, start, wait_for_step
-from tests.test_train import run_cli
+from tests.helpers import (
+    SHORT_RUN_STEPS,
+    committed_steps,
+    run_cli,
+    saved_train_state,
+    short_run_args,
+    short_run_config,
+    smoke,
+    start,
+    wait_for_step,
+)
 
 
 @pytest.mark.slow
 def test_ctrl_c_saves_the_step_exits_130_and_the_run_resumes(smoke_data_dir, tmp_path):
     workdir = str(tmp_path / "run")
-    process = start("msjax.train", *cli_args(smoke_data_dir, workdir))
+    process = start("msjax.train", *short_run_args(smoke_data_dir, workdir))
     wait_for_step(process, workdir, 3)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
@@ -33,13 +40,13 @@ def test_ctrl_c_saves_the_step_exits_130_and_the_run_resumes(smoke_data_dir, tmp
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
     assert "Ctrl-C: stopping after this step and saving it" in stderr
     saved = int(stdout.split("Stopped by SIGINT (Ctrl-C): saved step ")[1].split()[0])
-    assert 3 <= saved < STEPS
+    assert 3 <= saved < SHORT_RUN_STEPS
     ckpts = RunCheckpoints(workdir)
     assert ckpts.latest_step() == saved
     ckpts.close()
     assert not os.path.exists(os.path.join(workdir, "final"))
-    summary = loop.train_and_evaluate(config(smoke_data_dir), workdir)
-    assert summary["start_step"] == saved and summary["final_step"] == STEPS
+    summary = loop.train_and_evaluate(short_run_config(smoke_data_dir), workdir)
+    assert summary["start_step"] == saved and summary["final_step"] == SHORT_RUN_STEPS
 
 
 def test_second_ctrl_c_exits_at_once(monkeypatch, capsys):
@@ -62,7 +69,7 @@ def test_ctrl_c_twice_keeps_the_checkpoints(smoke_data_dir, tmp_path):
     """The real command: whether the second Ctrl-C lands during the step, the save or the
     exit, the status is 130, no traceback, and the checkpoints committed before restore."""
     workdir = str(tmp_path / "run")
-    process = start("msjax.train", *cli_args(smoke_data_dir, workdir))
+    process = start("msjax.train", *short_run_args(smoke_data_dir, workdir))
     wait_for_step(process, workdir, 3, checkpointed=True)
     committed = committed_steps(workdir)
     process.send_signal(signal.SIGINT)

@@ -10,7 +10,7 @@ from msjax.data.preparation import prepare_one
 from msjax.errors import ConfigError
 from msjax.evaluation import study_report
 from msjax.training import study
-from tests.test_train import load_config
+from tests.helpers import load_config
 
 
 def test_paired_interval_is_the_student_t_interval():

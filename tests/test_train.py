@@ -4,11 +4,8 @@ Resume, preemption and non-finite stops are in test_reliability.py; bad inputs i
 test_errors.py; several devices and processes in test_distributed.py.
 """
 
-import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,22 +19,14 @@ from msjax.models import tiny_deeplabv2
 from msjax.training import optim
 from msjax.training.loop import train_and_evaluate
 from msjax.training.step import ORIGINAL_LOSS, compute_loss
-from tests import fake_data
+from tests.helpers import load_config, make_cityscapes, make_gta5, run_cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_ARGS = {
     "gta2city": ["maxsquare", "iw", "iw_multi", "minent", "hard", "source", "source_multi"],
     "synthia2city": ["maxsquare", "iw", "iw_multi", "minent", "source", "source_multi"],
     "city2nthu": ["rome", "rio,iw", "tokyo,source", "source", "taipei"],
     "demo": [""],
 }
-
-
-def load_config(name: str, arg: str | None = None):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 @pytest.fixture(scope="module")
@@ -83,19 +72,6 @@ def test_unknown_config_arguments_list_the_valid_ones():
         load_config("gta2city", "maxsqaure")
     with pytest.raises(ConfigError, match="valid cities: rome, rio, tokyo, taipei"):
         load_config("city2nthu", "paris")
-
-
-def run_cli(*args, env=None):
-    """`python -m msjax.train ARGS` as a user runs it (absl flags parse once per process)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "msjax.train", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_misspelt_override_fails_before_training(tmp_path):
@@ -161,8 +137,8 @@ def test_smoke_variant_trains_two_steps(tmp_path, synthetic_dir, name, arg):
 
 def test_end_to_end_on_fixture_gta5_and_cityscapes(tmp_path):
     raw = tmp_path / "raw"
-    fake_data.make_gta5(raw / "gta5")
-    fake_data.make_cityscapes(raw / "cityscapes")
+    make_gta5(raw / "gta5")
+    make_cityscapes(raw / "cityscapes")
     data_dir = str(tmp_path / "data")
     prepare_one("gta5", "full", data_dir, raw_dir=raw / "gta5", split_lists="none")
     prepare_one("cityscapes", "full", data_dir, raw_dir=raw / "cityscapes", split_lists="none")

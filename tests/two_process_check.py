@@ -37,7 +37,7 @@ MOMENTUM_TOLERANCE = 3e-5
 
 
 def config(data_dir, steps=STEPS):
-    from tests.test_train import load_config
+    from tests.helpers import load_config
 
     # MaxSquare, not IW MaxSquare: IW's pixel weights are a step function of the argmax, so
     # float32 round-off (one device reduces over both images, two devices all-reduce) can
@@ -158,7 +158,7 @@ def driver() -> int:
     one_reads = json.load(open(os.path.join(one, "results.json")))["data"]["source"]
     print(f"one process reads {one_reads['split_this_host']}")
 
-    from tests.checkpoints import saved_train_state
+    from tests.helpers import saved_train_state
 
     b = saved_train_state(one, STEPS)
     a = saved_train_state(two, STEPS, like=b)
