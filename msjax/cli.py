@@ -185,6 +185,26 @@ def _without_traceback(message: str, verbose: bool) -> str:
     return f"{head.strip()} {last.partition(': ')[2] or last}"
 
 
+@contextlib.contextmanager
+def _as_sys_argv(argv: list[str]):
+    """Makes `argv` sys.argv while inside: ml_collections finds the --config.FIELD overrides
+    in sys.argv, so `main(argv)` called in a process of other arguments (a test) parses them."""
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def _forget_earlier_parse(FLAGS) -> None:
+    """Back to the flags as defined, for a second command in one process (a test): the
+    defaults again, and none of the --config.FIELD flags ml_collections added for the last."""
+    for name in [name for name in FLAGS if name.startswith("config.")]:
+        delattr(FLAGS, name)
+    FLAGS.unparse_flags()
+
+
 def parse_config_flags(argv: list[str], default_config: str | None = None):
     """Parses a config command's flags: (absl FLAGS, config), or an exit status (int).
 
@@ -196,6 +216,7 @@ def parse_config_flags(argv: list[str], default_config: str | None = None):
     from absl import logging as absl_logging
 
     FLAGS, config = _config_flags()
+    command_line = list(argv)
     if default_config and not any(a == "--config" or a.startswith("--config=") for a in argv):
         # First, because overrides (--config.FIELD=VALUE) are only known after --config.
         argv = [argv[0], f"--config={default_config}", *argv[1:]]
@@ -206,7 +227,9 @@ def parse_config_flags(argv: list[str], default_config: str | None = None):
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USER_ERROR
     try:
-        FLAGS(argv)
+        with _as_sys_argv(command_line):
+            _forget_earlier_parse(FLAGS)
+            FLAGS(argv)
         value = config.value
     except flags.Error as e:
         print(f"error: {_without_traceback(str(e), verbose)}", file=sys.stderr)

@@ -399,6 +399,16 @@ def fails(capsys, config, workdir, case, **kwargs) -> str:
     return message
 
 
+def run_main(main, capsys, *args) -> tuple[int, str]:
+    """`python -m msjax.COMMAND ARGS` in this process: (exit status, what it printed on stderr).
+
+    `main` is the command's entry point (e.g. msjax.train.main), given the command line as
+    sys.argv would hold it.
+    """
+    status = main([sys.modules[main.__module__].__file__, *map(str, args)])
+    return status, capsys.readouterr().err
+
+
 def committed_steps(workdir) -> list[int]:
     """The steps of a run's committed checkpoints, in order."""
     folder = os.path.join(workdir, "checkpoints")

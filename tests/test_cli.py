@@ -61,6 +61,7 @@ def test_user_errors_derive_from_nothing_internal_code_raises():
             assert not issubclass(cls, ValueError | KeyError | TypeError | RuntimeError | OSError)
 
 
+@pytest.mark.slow
 def test_internal_error_in_a_real_process_shows_the_traceback_and_exits_1():
     """The runner in a real interpreter: a bug (here int('x'), a ValueError) ends the
     process as any Python error does, with its traceback and status 1."""
@@ -72,6 +73,22 @@ def test_internal_error_in_a_real_process_shows_the_traceback_and_exits_1():
     assert "Traceback (most recent call last)" in result.stderr
     assert "ValueError: invalid literal for int()" in result.stderr
     assert "error: " not in result.stderr
+
+
+def test_the_fast_tier_starts_no_process():
+    """conftest.py refuses, in a test not marked slow, every way of starting a process."""
+    import multiprocessing
+
+    starts = {
+        "subprocess": lambda: subprocess.run([sys.executable, "-c", "pass"], check=True),
+        "multiprocessing": lambda: multiprocessing.get_context("spawn").Process(target=int).start(),
+        "os.system": lambda: os.system("true"),
+        "os.posix_spawn": lambda: os.posix_spawn("/bin/true", ["true"], os.environ),
+    }
+    for name, start in starts.items():
+        with pytest.raises(pytest.fail.Exception, match="starts a process: mark it"):
+            start()
+            pytest.fail(f"{name} was not refused")  # never reached: `start` raises first
 
 
 def _functions(path: Path):

@@ -330,6 +330,7 @@ def test_missing_raw_folder(tmp_path, capsys):
     _nothing_written(tmp_path / "d", "gta5", "1280x720")
 
 
+@pytest.mark.slow
 def test_missing_raw_folder_cli_subprocess(tmp_path):
     """The real entry point: exit status 2, one message, no traceback."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")

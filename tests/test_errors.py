@@ -28,6 +28,7 @@ from tests.helpers import (
     make_cityscapes,
     make_gta5,
     run_cli,
+    run_main,
     save_random_checkpoint,
     smoke,
     truncate,
@@ -123,11 +124,12 @@ def test_truncated_checkpoint_names_the_step_and_the_intact_one(synthetic_dir, t
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]  # nothing deleted
 
 
-def test_unknown_config_argument_cli(tmp_path):
-    result = run_cli("--config", "gta2city.py:maxsqare", f"--workdir={tmp_path}/run")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert CATALOGUE["unknown config argument"] in result.stderr
-    assert "valid: one of maxsquare, iw, iw_multi" in result.stderr
+def test_unknown_config_argument_cli(tmp_path, capsys):
+    args = ("--config", "gta2city.py:maxsqare", f"--workdir={tmp_path}/run")
+    status, err = run_main(train.main, capsys, *args)
+    assert status == 2 and "Traceback" not in err
+    assert CATALOGUE["unknown config argument"] in err
+    assert "valid: one of maxsquare, iw, iw_multi" in err
 
 
 def test_unwritable_workdir(synthetic_dir, tmp_path, capsys):
@@ -160,7 +162,9 @@ def test_zero_or_negative_batch(synthetic_dir, tmp_path, capsys):
         assert f"config.batch_pairs={batch}" in message
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_the_device_count_cli(tmp_path):
+    """A real process: the device count is fixed when JAX starts."""
     result = run_cli(
         "--config",
         "gta2city.py:smoke",

@@ -19,7 +19,7 @@ from msjax.training.stages import finished_summary
 from tests.helpers import (
     SHORT_RUN_STEPS,
     committed_steps,
-    run_cli,
+    run_main,
     saved_train_state,
     short_run_args,
     short_run_config,
@@ -124,12 +124,12 @@ def test_ctrl_c_while_the_run_is_built_stops_before_the_first_step(
     assert committed_steps(tmp_path) == [] and not os.path.exists(tmp_path / "final")
 
 
-def test_missing_or_folder_config_file_cli(tmp_path):
-    """ml_collections used to raise its traceback when the --config file is missing."""
-    result = run_cli("--config", "nope.py", f"--workdir={tmp_path}/run")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "error: --config nope.py: nope.py does not exist" in result.stderr
-    assert "gta2city.py" in result.stderr
+def test_missing_or_folder_config_file_cli(tmp_path, capsys):
+    """A missing --config file is one line (ml_collections would raise its traceback)."""
+    status, err = run_main(train.main, capsys, "--config", "nope.py", f"--workdir={tmp_path}/run")
+    assert status == 2 and "Traceback" not in err
+    assert "error: --config nope.py: nope.py does not exist" in err
+    assert "gta2city.py" in err
     assert cli.config_file_problem(["x", "--config=configs"]).startswith(
         "--config configs: configs is a folder"
     )

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from msjax import train
 from msjax.data import labels
 from msjax.data.preparation import prepare_one
 from msjax.errors import ConfigError
@@ -19,7 +20,7 @@ from msjax.models import tiny_deeplabv2
 from msjax.training import optim
 from msjax.training.loop import train_and_evaluate
 from msjax.training.step import ORIGINAL_LOSS, compute_loss
-from tests.helpers import load_config, make_cityscapes, make_gta5, run_cli
+from tests.helpers import load_config, make_cityscapes, make_gta5, run_main
 
 CONFIG_ARGS = {
     "gta2city": ["maxsquare", "iw", "iw_multi", "minent", "hard", "source", "source_multi"],
@@ -74,30 +75,44 @@ def test_unknown_config_arguments_list_the_valid_ones():
         load_config("city2nthu", "paris")
 
 
-def test_misspelt_override_fails_before_training(tmp_path):
-    result = run_cli(
-        "--config", "gta2city.py:smoke", f"--workdir={tmp_path}/run", "--config.loss.targt=entropy"
+def test_misspelt_override_fails_before_training(tmp_path, capsys):
+    status, err = run_main(
+        train.main,
+        capsys,
+        *("--config", "gta2city.py:smoke", f"--workdir={tmp_path}/run"),
+        "--config.loss.targt=entropy",
     )
-    assert result.returncode == 2
-    assert "error: bad --config override or config file: 'targt'" in result.stderr
-    assert 'Did you mean "target" instead of "targt"?' in result.stderr
-    assert "Traceback" not in result.stderr
+    assert status == 2
+    assert "error: bad --config override or config file: 'targt'" in err
+    assert 'Did you mean "target" instead of "targt"?' in err
+    assert "Traceback" not in err
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
-def test_bad_config_value_is_one_clear_message(tmp_path, synthetic_dir):
-    result = run_cli(
-        "--config",
-        "gta2city.py:smoke",
-        f"--workdir={tmp_path}/run",
+def test_bad_config_value_is_one_clear_message(tmp_path, synthetic_dir, capsys):
+    status, err = run_main(
+        train.main,
+        capsys,
+        *("--config", "gta2city.py:smoke", f"--workdir={tmp_path}/run"),
         f"--config.data_dir={synthetic_dir}",
         "--config.loss.target=maxsqr",
     )
-    assert result.returncode == 2
-    assert "error: config.loss.target='maxsqr': must be one of ['maxsquare', 'iw_maxsquare'" in (
-        result.stderr
-    )
-    assert "Traceback" not in result.stderr
+    assert status == 2
+    assert "error: config.loss.target='maxsqr': must be one of ['maxsquare', 'iw_maxsquare'" in err
+    assert "Traceback" not in err
+
+
+def test_each_command_in_one_process_parses_its_own_flags(tmp_path, capsys):
+    """main(argv) twice in one process: the second sees only its own flags and overrides,
+    not --verbose or a --config.FIELD of the first."""
+    args = ("--config", "gta2city.py:smoke", f"--workdir={tmp_path}/run")
+    status, err = run_main(train.main, capsys, *args, "--config.train.steps=0", "--verbose")
+    assert status == 2 and "Traceback" in err and "config.train.steps=0" in err
+    status, err = run_main(train.main, capsys, *args, "--config.train.steps=-1")
+    assert status == 2 and "Traceback" not in err
+    assert err == "error: config.train.steps=-1: must be an integer >= 1.\n"
+    status, err = run_main(train.main, capsys, *args, "--config.loss.lambda_target=nan")
+    assert status == 2 and "config.train.steps" not in err and "lambda_target=nan" in err
 
 
 @pytest.mark.parametrize(
