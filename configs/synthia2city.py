@@ -6,7 +6,8 @@ r"""SYNTHIA-RAND-CITYSCAPES -> Cityscapes, 16 classes (mIoU16 and mIoU13 reporte
 or one run: `python -m msjax.train --config configs/synthia2city.py:ARG --workdir DIR
 --config.data_dir=DATA --config.init.checkpoint=WEIGHTS` (docs/protocol.md has the chains).
 
-ARG (default maxsquare)   published target mIoU16 / mIoU13 (Cityscapes val, 1024x512)
+ARG: a method of msjax.methods (default maxsquare); published target mIoU16 / mIoU13
+(Cityscapes val, 1024x512):
   source        source-only on SYNTHIA train 1280x760 (80,000 of 200,000 poly     30.1 / 34.3
                 steps), validated on SYNTHIA val every 5,000 steps
   source_multi  the same with CE(main) + 0.1 CE(aux): the source of iw_multi            -
@@ -24,16 +25,10 @@ converted with --num-classes 16. Append ',smoke' for a two-step CPU run on synth
 
 from msjax import configlib
 
-VARIANTS = ("maxsquare", "iw", "iw_multi", "minent", "source", "source_multi")
+SETTING = configlib.Setting(
+    "synthia2city", source="synthia", targets=("cityscapes",), num_classes=16, select="miou13"
+)
 
 
 def get_config(arg=None):
-    variant, smoke = configlib.parse_arg(arg, VARIANTS, "maxsquare")
-    c = configlib.base_config()
-    c.model.num_classes = 16
-    c.source.dataset, c.source.config = "synthia", "1280x760"
-    c.eval.select = "miou13"
-    configlib.set_variant(c, variant)
-    if smoke:
-        configlib.apply_smoke(c)
-    return c
+    return configlib.experiment(SETTING, arg)

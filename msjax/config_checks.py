@@ -16,12 +16,14 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from msjax import methods
 from msjax.configlib import SELECT_METRICS
+from msjax.data import datasets
 from msjax.data.labels import IGNORE, VALID_NUM_CLASSES
 from msjax.data.normalize import NORMALIZATIONS
 from msjax.errors import ConfigError, DataError
 from msjax.models import ATROUS_IMPLS, BN_MODES, STRIDE_PLACEMENTS
-from msjax.training.step import TARGET_LOSS_NAMES
+from msjax.training.optim import SCHEDULES
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -126,6 +128,7 @@ def blocks(v) -> str | None:
 
 # field -> check; a check returns None when the value is fine, else what is allowed.
 FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "method": one_of(*methods.METHODS),
     "seed": seed,
     "batch_pairs": integer(1),
     "data_dir": text,
@@ -143,11 +146,9 @@ FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "model.dtype": one_of(*DTYPES),
     "init.checkpoint": text,
     "init.normalization": one_of(*NORMALIZATIONS),
-    "loss.target": one_of(*TARGET_LOSS_NAMES),
     "loss.lambda_target": number(0.0),
     "loss.iw_ratio": number(0.0, 1.0),
     "loss.threshold": number(0.0, 1.0),
-    "loss.multi_level": boolean,
     "loss.multi_threshold": number(0.0, 1.0),
     "loss.lambda_seg": number(0.0),
     # Prepared labels store "no label" as 255 (msjax.data.labels): another value would
@@ -156,6 +157,7 @@ FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "optim.lr": number(0.0, low_open=True),
     "optim.momentum": number(0.0, 1.0, high_open=True),
     "optim.weight_decay": number(0.0),
+    "optim.schedule": one_of(*SCHEDULES),
     "optim.poly_power": number(0.0),
     "optim.iter_max": integer(1),
     "optim.rules": optimizer_rules,
@@ -165,8 +167,8 @@ FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.keep_checkpoints": integer(1),
     "train.tensorboard": boolean,
     "train.num_images": integer(0),
-    "eval.dataset": name,
-    "eval.config": name,
+    "eval.dataset": one_of(*datasets.DATASETS),
+    "eval.size": name,
     "eval.split": name,
     "eval.batch_size": integer(1),
     "eval.every_steps": integer(1),
@@ -176,8 +178,8 @@ FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
 }
 for _stream in ("source", "target"):
     FIELD_CHECKS.update({
-        f"{_stream}.dataset": name,
-        f"{_stream}.config": name,
+        f"{_stream}.dataset": one_of(*datasets.DATASETS),
+        f"{_stream}.size": name,
         f"{_stream}.split": name,
         f"{_stream}.flip": boolean,
         f"{_stream}.blur": boolean,
@@ -236,15 +238,13 @@ def check_config(config, check_paths: bool = True) -> None:
 
 
 def check_data_names(config) -> None:
-    """Raises ConfigError for an unknown data set or config name of a stream or the eval."""
-    from msjax.data import builders
-
+    """Raises ConfigError for a size that a stream's or the evaluation's data set lacks."""
     for section in ("source", "target", "eval"):
         fields = config[section]
         try:
-            builders.check_config(fields.dataset, fields.config)
+            datasets.check_size(datasets.get(fields.dataset), fields.size)
         except DataError as e:
-            raise ConfigError(f"config.{section}: {e}") from None
+            raise ConfigError(f"config.{section}.size: {e}") from None
 
 
 def check_config_paths(config) -> None:
@@ -265,6 +265,88 @@ def check_config_paths(config) -> None:
             weights.read_metadata(os.path.expanduser(config.init.checkpoint))
         except WeightsError as e:
             raise WeightsError(f"config.init.checkpoint: {e}") from None
+
+
+def check_demo(demo) -> None:
+    """Raises ConfigError naming the config.demo field at fault (stage configs: run_stages)."""
+    positive = integer(1)
+    check_fields(
+        demo,
+        {"source_steps": positive, "adapt_steps": positive,
+         "adapt_lr": number(0.0, low_open=True)},
+        "demo",
+    )  # fmt: skip
+    for name in demo.methods:
+        methods.get(name, "config.demo.methods")
+
+
+def check_study(study) -> None:
+    """Raises ConfigError naming the config.study field at fault."""
+    for method in study.methods:
+        methods.get(method, "config.study.methods")
+    targets = [n for n, d in datasets.DATASETS.items() if d.generated and n != "synthetic-source"]
+    for shift in study.shifts:
+        if shift not in targets:
+            raise ConfigError(
+                f"config.study.shifts: {shift!r} is not a generated target data set; "
+                f"valid: {targets}."
+            )
+    if not study.seeds or not all(_is_int(s) and s >= 0 for s in study.seeds):
+        raise ConfigError(f"config.study.seeds={study.seeds!r}: must be integers >= 0.")
+    if not study.lambdas or not all(_is_number(x) and x > 0 for x in study.lambdas):
+        raise ConfigError(f"config.study.lambdas={study.lambdas!r}: must be numbers > 0.")
+    for extra in study.extra:
+        ok = len(extra) == 2 and extra[0] in methods.METHODS and extra[0] != "control"
+        if not (ok and _is_number(extra[1]) and extra[1] > 0):
+            raise ConfigError(
+                f"config.study.extra: {extra!r} is not a (method, lambda > 0) pair of a "
+                f"method other than the control; methods: {list(methods.METHODS)}."
+            )
+    positive = integer(1)
+    check_fields(
+        study,
+        {"source_steps": positive, "adapt_steps": positive, "eval_every": positive,
+         "adapt_lr": number(0.0, low_open=True)},
+        "study",
+    )  # fmt: skip
+
+
+def check_devices(config, mesh) -> None:
+    """Raises ConfigError unless the batch and the data shards fit the devices and processes."""
+    import jax
+
+    from msjax import sharding
+
+    sharding.check_global_batch(config.batch_pairs, mesh)
+    shards = config.data_shards or jax.process_count()
+    if shards < 1 or shards % jax.process_count() or config.batch_pairs % shards:
+        raise ConfigError(
+            f"config.data_shards={config.data_shards} (so {shards} shards) must be a positive "
+            f"multiple of the number of processes ({jax.process_count()}) that divides "
+            f"config.batch_pairs={config.batch_pairs}."
+        )
+
+
+def check_data_dir(config, path: str, generated: bool) -> None:
+    """Raises ConfigError unless config.data_dir (`path`, absolute) can hold the run's data.
+
+    Generated data is prepared on first use (in WORKDIR/data without a data_dir); read data
+    must have been prepared with `msjax.prepare`.
+    """
+    import os
+
+    if generated:
+        return
+    if not path:
+        raise ConfigError(
+            "config.data_dir is empty. Prepare the data sets once with `python -m msjax.prepare "
+            "DATASET RAW_DIR --data-dir DATA` and pass --config.data_dir=DATA."
+        )
+    if not os.path.isdir(path):
+        raise ConfigError(
+            f"config.data_dir={config.data_dir} does not exist. Prepare the data sets there "
+            f"with `python -m msjax.prepare DATASET RAW_DIR --data-dir {path}`."
+        )
 
 
 def checked_fields() -> set[str]:

@@ -1,74 +1,57 @@
-"""Pieces that the experiment configs in configs/ share: the full field list and `smoke`.
+"""What the experiment configs in configs/ share: the fields, the paper's settings, methods.
 
-A config is data: an `ml_collections.ConfigDict` with every field the trainer reads, set to
-the original's hyper-parameters and protocol (docs/protocol.md) by default. Experiment
-files change only what differs. Fields:
-
-  seed, batch_pairs (global source+target pairs per step), data_dir, distributed,
-            data_shards (slices of the training data, 0: one per process),
-            deterministic (deterministic XLA GPU kernels; slower, bitwise repeatable)
-  model.*   DeepLabV2 fields (num_classes, blocks, width, stride_on, aspp_branches, bn_mode,
-            atrous, remat, dtype)
-  init.*    checkpoint (a weights folder from msjax.convert or a run's best/final; '' for the
-            original's random initialisation), normalization (used only without a checkpoint)
-  source.*, target.*   training streams (dataset, config, split, flip, blur, random_scale,
-            crop_size)
-  epochs.*  shared (adaptation: both streams turn epochs together after the shorter split's
-            batches, each a fresh permutation, as the original zips its two loaders),
-            source_only_max_steps (source-only epochs are at most this many steps, the
-            original's ITER_MAX; 0: a full pass); docs/data.md
-  eval.*    validation during training (dataset, config, split, batch_size, every_steps) and
-            `select`, the score that picks WORKDIR/best ('miou', or 'miou13' for 16 classes).
-            Source-only runs validate on the source val split, adaptation runs on the
-            target's (the original's practice: target labels pick the adapted model)
-  loss.*    target ('maxsquare', 'iw_maxsquare', 'entropy', 'hard' or 'none'), lambda_target,
-            iw_ratio, threshold (hard pseudo-labels), multi_level (the original's `--multi`:
-            lambda_seg * CE(aux) on the source, plus the self-produced guidance on the
-            target when adapting), multi_threshold, lambda_seg, ignore_index
-  optim.*   lr, momentum, weight_decay, poly_power, iter_max, groups {group: lr multiplier},
-            rules ('faithful' or a list of [regex, group])
-  train.*   steps, log_every, checkpoint_every, keep_checkpoints, tensorboard, num_images
+A config is data: an `ml_collections.ConfigDict` with every field the trainer reads
+(`base_config`, one comment per field; `msjax.config_checks` checks each), set to the
+original's hyper-parameters and protocol (docs/protocol.md). A paper setting
+(`Setting`: a labelled source, its targets, the classes) and a method of `msjax.methods`
+make one run's config (`experiment`), which `configs/SETTING.py:[TARGET,]METHOD[,smoke]`
+returns; `,smoke` shrinks any of them to a CPU run on generated data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 
 import ml_collections
 from ml_collections import config_dict
 
+from msjax import methods
+from msjax.data import datasets
 from msjax.errors import ConfigError
 from msjax.training.optim import ORIGINAL_OPTIM
-from msjax.training.step import ORIGINAL_LOSS
 
 EPOCH_STEPS = 2975  # the length of Cityscapes train: one "epoch" of the original
 # Source-only pretraining (README of the original: --iter_max 200000 --iter_stop 80000).
 SOURCE_STEPS, SOURCE_ITER_MAX = 80_000, 200_000
-# train_source.py validates after every "epoch" and caps an epoch at ITER_MAX = 5,000 steps
-# (GTA5's 12,403 and SYNTHIA's 9,000 train images both exceed it).
-SOURCE_EVAL_EVERY = 5000
+# train_source.py validates after every "epoch", an epoch being at most 5,000 steps.
+SOURCE_EPOCH_CAP = 5000
 SELECT_METRICS = ("miou", "miou13")
-# The source model each adaptation variant starts from, as the original's README runs it:
-# (source variant, its checkpoint). MaxSquare and IW start from gta5final.pth (or the released
-# GTA5_source.pth); IW+Multi from the multi-level source run's gta5best.pth.
-SOURCE_MODEL = {"iw_multi": ("source_multi", "best")}
-DEFAULT_SOURCE_MODEL = ("source", "final")
-SOURCE_VARIANTS = ("source", "source_multi")
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
+# The original's loss hyper-parameters (GTA5 -> Cityscapes): the fields of config.loss.
+ORIGINAL_LOSS = dict(
+    lambda_target=0.1,
+    iw_ratio=0.2,
+    threshold=0.95,  # hard pseudo-labels: pixels with max p <= threshold are ignored
+    multi_threshold=0.95,  # multi-level guidance: kept where either head's max p > it
+    lambda_seg=0.1,  # weight of the aux-head CE terms
+    ignore_index=255,
+)
 
-def stream(dataset: str, config: str, split: str = "train") -> ml_collections.ConfigDict:
+
+def stream(dataset: str, size: str, split: str = "train") -> ml_collections.ConfigDict:
     """A training stream's fields, with the original's augmentation (flip + blur)."""
     return ml_collections.ConfigDict(
         dict(
-            dataset=dataset,
-            config=config,
+            dataset=dataset,  # a data set of msjax.data.datasets
+            size=size,  # its prepared size
             split=split,
             flip=True,
             blur=True,
-            random_scale=config_dict.placeholder(tuple),
-            crop_size=config_dict.placeholder(tuple),
+            random_scale=config_dict.placeholder(tuple),  # (min, max) or None (original)
+            crop_size=config_dict.placeholder(tuple),  # (width, height) or None (original)
         )
     )
 
@@ -76,10 +59,11 @@ def stream(dataset: str, config: str, split: str = "train") -> ml_collections.Co
 def base_config() -> ml_collections.ConfigDict:
     """GTA5 -> Cityscapes with maximum squares, every hyper-parameter as the original."""
     c = ml_collections.ConfigDict()
+    c.method = "maxsquare"  # a method of msjax.methods
     c.seed = 0
-    c.batch_pairs = 1
-    c.data_dir = ""
-    c.distributed = False
+    c.batch_pairs = 1  # global source+target pairs per step
+    c.data_dir = ""  # where msjax.prepare put the data ('': WORKDIR/data for generated data)
+    c.distributed = False  # join a multi-host job (jax.distributed.initialize)
     # Slices the training data is cut into; each process reads its own. 0: one per process.
     # A fixed number (a multiple of the process count) makes the data order, and the run,
     # the same on any number of processes.
@@ -90,32 +74,37 @@ def base_config() -> ml_collections.ConfigDict:
             num_classes=19,
             blocks=(3, 4, 23, 3),
             width=64,
-            stride_on="1x1",
-            aspp_branches=2,
-            bn_mode="per_image",
-            atrous="auto",
+            stride_on="1x1",  # '1x1' (Caffe weights, faithful) or '3x3' (torchvision)
+            aspp_branches=2,  # 2: the original's early return; 4: all four summed
+            bn_mode="per_image",  # 'per_image' (faithful), 'batch' or 'frozen'
+            atrous="auto",  # 'native', 'space_to_batch' or 'auto' (per platform)
             remat=False,
-            dtype="float32",
+            dtype="float32",  # compute dtype: 'float32' or 'bfloat16'
         )
     )
+    # A weights folder (msjax.convert, or a run's best/ or final/); '': random init, whose
+    # input normalisation is `normalization`.
     c.init = ml_collections.ConfigDict(dict(checkpoint="", normalization="caffe_bgr"))
     c.source = stream("gta5", "1280x720")
     c.target = stream("cityscapes", "1024x512")
     # The original's data order (docs/data.md): every epoch a fresh permutation of each split;
     # in adaptation both streams restart when the shorter one ends (a zip of two loaders);
-    # source-only epochs stop after 5,000 steps (train_source.py's ITER_MAX).
-    c.epochs = ml_collections.ConfigDict(dict(shared=True, source_only_max_steps=5000))
+    # source-only epochs stop after source_only_max_steps (0: a full pass).
+    c.epochs = ml_collections.ConfigDict(dict(shared=True, source_only_max_steps=SOURCE_EPOCH_CAP))
+    # Validation during training; `select` is the score that picks WORKDIR/best. Source-only
+    # runs validate on the source's val split, adaptation runs on the target's.
     c.eval = ml_collections.ConfigDict(
         dict(
             dataset="cityscapes",
-            config="1024x512",
+            size="1024x512",
             split="val",
             batch_size=1,
             every_steps=EPOCH_STEPS,
-            select="miou",
+            select="miou",  # 'miou', or 'miou13' for 16 classes
         )
     )
     c.loss = ml_collections.ConfigDict(dict(ORIGINAL_LOSS))
+    # rules: 'faithful' or a list of [regex, group]; groups: {group: lr multiplier}.
     c.optim = ml_collections.ConfigDict(dict(ORIGINAL_OPTIM, rules="faithful"))
     c.train = ml_collections.ConfigDict(
         dict(
@@ -124,49 +113,157 @@ def base_config() -> ml_collections.ConfigDict:
             checkpoint_every=1000,
             keep_checkpoints=2,
             tensorboard=True,
-            num_images=3,
+            num_images=3,  # validation pictures written to TensorBoard
         )
     )
     return c
 
 
-def set_variant(c: ml_collections.ConfigDict, variant: str) -> None:
-    """Applies a variant shared by the experiment configs (after their streams are set).
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One of the paper's settings.
 
-    maxsquare | iw | iw_multi | minent | hard: adaptation losses. 'iw_multi' also trains and
-    validates on 1280x640 target images, as the original's Multi run.
-    source | source_multi: the original's source-only pretraining (`train_source.py`): no
-    target loss, 80,000 steps of a 200,000-step poly schedule, validation on the SOURCE val
-    split every 5,000 steps; 'source_multi' adds lambda_seg * CE(aux) (its `--multi True`),
-    which trains the aux head that IW+Multi starts from.
+    Attributes:
+      name: its config file (configs/NAME.py) and the first part of its rows' names.
+      source: the labelled source data set.
+      targets: the target data sets; a setting with several (the NTHU cities) takes one in
+        its argument.
+      num_classes: classes of its models.
+      select: the score that picks best/ ('miou13' for SYNTHIA's 16 classes).
+      threshold: confidence threshold of the hard-label and multi-level masks.
     """
-    if variant == "maxsquare":
-        c.loss.target = "maxsquare"
-    elif variant == "iw":
-        c.loss.target = "iw_maxsquare"
-    elif variant == "iw_multi":
-        c.loss.target = "iw_maxsquare"
-        c.loss.multi_level = True
-        c.loss.lambda_target = 0.09
-        c.target.config = c.eval.config = "1280x640"
-    elif variant == "minent":
-        c.loss.target = "entropy"
-    elif variant == "hard":
-        c.loss.target = "hard"
-    elif variant in SOURCE_VARIANTS:
-        c.loss.target = "none"
-        c.loss.multi_level = variant == "source_multi"
+
+    name: str
+    source: str
+    targets: tuple[str, ...]
+    num_classes: int
+    select: str = "miou"
+    threshold: float = 0.95
+
+    def parse_arg(self, arg: str | None) -> tuple[str, methods.Method, bool]:
+        """'rome,iw,smoke' -> (target, method, smoke); ConfigError listing what is valid."""
+        words = [w for w in (arg or "").split(",") if w]
+        smoke = "smoke" in words
+        targets = [w for w in words if self._target(w)]
+        rest = [w for w in words if w != "smoke" and not self._target(w)]
+        name = rest[0] if rest else "maxsquare"
+        many = len(self.targets) > 1
+        adapting = name in methods.METHODS and methods.METHODS[name].adapting
+        bad = len(rest) > 1 or len(targets) > 1 or name not in methods.METHODS
+        if bad or (many and not targets and adapting):
+            choice = f"one of {', '.join(self.target_words())}, " if many else ""
+            raise ConfigError(
+                f"{self.name}: unknown config argument {arg!r}; valid: {choice}a method of "
+                f"{', '.join(methods.METHODS)} (default maxsquare), ',smoke' for a CPU run "
+                f"(e.g. {'rome,iw' if many else 'iw'} or {'rome,' if many else ''}iw,smoke)."
+            )
+        target = self._target(targets[0]) if targets else self.targets[0]
+        return target, methods.METHODS[name], smoke
+
+    def target_words(self) -> list[str]:
+        """How an argument names each target: 'rome' for nthu-rome."""
+        return [t.rsplit("-", 1)[-1] for t in self.targets]
+
+    def _target(self, word: str) -> str | None:
+        return dict(zip(self.target_words(), self.targets, strict=True)).get(word)
+
+
+def experiment(setting: Setting, arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config of `configs/SETTING.py:ARG`: one method on one target of the setting.
+
+    A source-only method's config is the same for every target (one source model serves
+    them all): it trains and validates on the source only.
+    """
+    target, method, smoke = setting.parse_arg(arg)
+    c = base_config()
+    c.model.num_classes = setting.num_classes
+    c.source.dataset, c.source.size = setting.source, datasets.get(setting.source).sizes[0]
+    target = target if method.adapting else setting.targets[0]
+    c.target.dataset, c.target.size = target, datasets.get(target).sizes[0]
+    c.eval.dataset, c.eval.size = target, c.target.size
+    c.eval.split = datasets.get(target).eval_split
+    c.eval.select = setting.select
+    c.loss.threshold = c.loss.multi_threshold = setting.threshold
+    apply_method(c, method)
+    if smoke:
+        apply_smoke(c)
+    return c
+
+
+def apply_method(c: ml_collections.ConfigDict, method: methods.Method) -> None:
+    """Sets `method` on a config whose streams are set: its lambda, sizes and protocol.
+
+    A source-only method follows the original's source pretraining (`train_source.py`): no
+    target loss, 80,000 steps of a 200,000-step poly schedule, validation on the SOURCE's
+    val split after every epoch (of at most 5,000 steps).
+    """
+    c.method = method.name
+    c.loss.lambda_target = method.lambda_target(c.loss.lambda_target)
+    if method.target_size:
+        datasets.check_size(datasets.get(c.target.dataset), method.target_size)
+        c.target.size = c.eval.size = method.target_size
+    if not method.adapting:
         c.train.steps = SOURCE_STEPS
         c.optim.iter_max = SOURCE_ITER_MAX
-        c.eval.dataset, c.eval.config, c.eval.split = c.source.dataset, c.source.config, "val"
-        c.eval.every_steps = SOURCE_EVAL_EVERY
-    else:
-        raise ConfigError(f"unknown variant {variant!r}")
+        c.eval.dataset, c.eval.size, c.eval.split = c.source.dataset, c.source.size, "val"
+        train = _train_examples(c.source.dataset)
+        c.eval.every_steps = min(train, SOURCE_EPOCH_CAP) if train else SOURCE_EPOCH_CAP
 
 
-def source_model(variant: str) -> tuple[str, str]:
-    """(source variant, 'best' or 'final'): the source model an adaptation variant starts from."""
-    return SOURCE_MODEL.get(variant, DEFAULT_SOURCE_MODEL)
+def _train_examples(dataset: str) -> int | None:
+    """Examples in the original's train list of a read data set (None without one)."""
+    from msjax.data import split_lists
+
+    entry = datasets.get(dataset)
+    if entry.generated or "train" not in entry.raw.lists:
+        return None
+    return len(split_lists.original_lists(entry)["train"].entries)
+
+
+def use_synthetic(c: ml_collections.ConfigDict, size: str, target: str = "synthetic-target"):
+    """Points both training streams and the evaluation at generated data sets.
+
+    Args:
+      size: a synthetic size, '128x64', '192x96' or '256x128'.
+      target: the target data set: 'synthetic-target' (the "real" style) or a corrupted
+        source-style one such as 'synthetic-fog-2'. The evaluation reads the val split of
+        the side it read before: the source where the config validates on its source data
+        (source-only runs), else the target.
+    """
+    on_source = c.eval.dataset == c.source.dataset
+    c.source.dataset, c.source.size = "synthetic-source", size
+    c.target.dataset, c.target.size = target, size
+    side = c.source if on_source else c.target
+    c.eval.dataset, c.eval.size, c.eval.split = side.dataset, size, "val"
+
+
+def apply_smoke(c: ml_collections.ConfigDict) -> None:
+    """Shrinks an experiment to a CPU smoke test: same losses and policy, tiny everything.
+
+    The model becomes a tiny DeepLabV2 (blocks [1,1,1,1], width 8) from random init, both
+    streams read generated data (no download; prepared on first use), and the run lasts
+    two steps with one evaluation.
+    """
+    c.model.blocks = (1, 1, 1, 1)
+    c.model.width = 8
+    c.init.checkpoint = ""
+    use_synthetic(c, "128x64")
+    c.eval.batch_size = 8
+    c.eval.every_steps = 2
+    c.train.steps = 2
+    c.train.log_every = 1
+    c.train.checkpoint_every = 2
+
+
+def parse_words(arg: str | None, valid: tuple[str, ...], default: str) -> tuple[str, bool]:
+    """`'pilot,smoke'` -> ('pilot', True) for configs with their own words (demo, study)."""
+    words = [w for w in (arg or "").split(",") if w]
+    smoke = "smoke" in words
+    rest = [w for w in words if w != "smoke"]
+    if len(rest) > 1 or (rest and rest[0] not in valid):
+        choice = f"one of {', '.join(valid)}, optionally with ',smoke', or " if valid else ""
+        raise ConfigError(f"unknown config argument {arg!r}; valid: {choice}'smoke'.")
+    return (rest[0] if rest else default), smoke
 
 
 def load_module(name: str):
@@ -188,56 +285,3 @@ def load_module(name: str):
 def load(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """`configs/NAME.py:ARG` as `--config` reads it: the module's get_config(arg)."""
     return load_module(name).get_config(arg)
-
-
-def parse_arg(arg: str | None, variants: tuple[str, ...], default: str) -> tuple[str, bool]:
-    """`'iw,smoke'` -> ('iw', True). Raises ConfigError listing the valid arguments."""
-    words = [w for w in (arg or "").split(",") if w]
-    smoke = "smoke" in words
-    rest = [w for w in words if w != "smoke"]
-    if len(rest) > 1 or (rest and rest[0] not in variants):
-        raise ConfigError(
-            f"unknown config argument {arg!r}; valid: one of {', '.join(variants)}, "
-            "optionally with ',smoke' (e.g. 'iw,smoke'), or 'smoke' alone"
-        )
-    return (rest[0] if rest else default), smoke
-
-
-def use_synthetic(c: ml_collections.ConfigDict, size: str, target: str = "target") -> None:
-    """Points both training streams and the evaluation at the generated synthetic data sets.
-
-    Args:
-      size: a synthetic size, '128x64', '192x96' or '256x128'.
-      target: the target domain (msjax.data.synthetic.DOMAINS): 'target' (the "real"
-        style) or a corrupted source-style domain such as 'fog-2'. Evaluation reads the val
-        split of the style it read before: the source style where the config validates on
-        its source data (source-only runs), else the target domain.
-    """
-    from msjax.data.synthetic import dataset_config
-
-    on_source = c.eval.dataset == c.source.dataset
-    c.source.dataset, c.source.config = "synthetic_source", size
-    c.target.dataset, c.target.config = dataset_config(target, size)
-    if on_source:
-        c.eval.dataset, c.eval.config = c.source.dataset, c.source.config
-    else:
-        c.eval.dataset, c.eval.config = c.target.dataset, c.target.config
-    c.eval.split = "val"
-
-
-def apply_smoke(c: ml_collections.ConfigDict) -> None:
-    """Shrinks an experiment to a CPU smoke test: same losses and policy, tiny everything.
-
-    The model becomes a tiny DeepLabV2 (blocks [1,1,1,1], width 8) from random init, both
-    streams read the generated synthetic data sets (no download; prepared on first use),
-    and the run lasts two steps with one evaluation.
-    """
-    c.model.blocks = (1, 1, 1, 1)
-    c.model.width = 8
-    c.init.checkpoint = ""
-    use_synthetic(c, "128x64")
-    c.eval.batch_size = 8
-    c.eval.every_steps = 2
-    c.train.steps = 2
-    c.train.log_every = 1
-    c.train.checkpoint_every = 2

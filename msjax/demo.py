@@ -4,15 +4,14 @@ r"""`python -m msjax.demo`: what does the maximum squares loss add on a domain s
         [--config.seed=1]
 
 Trainings of a small DeepLabV2 on the procedural synthetic data (msjax.data.synthetic),
-each a resumable run in WORKDIR/<stage> (`msjax.training.stages`):
-  1. source only: labelled source-style scenes, no target loss;
-  2. control: from (1), the adaptation schedule with lambda_target = 0. Target images pass
-     through the model (updating the BN running statistics, as in the original) but no
-     target loss acts: what adaptation gains without the loss;
-  3. MinEnt: from (1), entropy minimisation on the unlabelled target (the paper's baseline);
-  4. MaxSquare: from (1), the maximum squares loss on the unlabelled target.
-Each is scored on the target domain's validation split; the table and WORKDIR/results.json
-hold the mIoUs. Running the command again continues an interrupted demo.
+each a resumable run in WORKDIR/<method> (`msjax.training.stages`): `source` (labelled
+source-style scenes, no target loss), then from its final weights each method of
+`config.demo.methods` (msjax.methods): by default `control` (the adaptation schedule with
+lambda_target = 0: target images pass through the model, updating the BN running
+statistics as in the original, but no target loss acts), `minent` (entropy minimisation,
+the paper's baseline) and `maxsquare`. Each is scored on the target domain's validation
+split; the table and WORKDIR/results.json hold the mIoUs. Running the command again
+continues an interrupted demo.
 """
 
 from __future__ import annotations
@@ -25,44 +24,36 @@ import time
 
 from msjax import cli, outputs
 
-# (name, title, target loss, lambda_target or None for the config's)
-STAGES = (
-    ("source", "source only", "none", None),
-    ("bn_stats_only", "control (lambda 0)", "maxsquare", 0.0),
-    ("minent", "MinEnt", "entropy", None),
-    ("maxsquare", "MaxSquare", "maxsquare", None),
-)
-
 
 def demo_stages(config, workdir: str) -> list:
-    """The demo's stages: the source model, then each adaptation from its final weights."""
+    """The demo's stages: the source model, then each method from its final weights."""
+    from msjax import methods
     from msjax.training.stages import Stage
 
     data_dir = config.data_dir or os.path.join(workdir, "data")
     source_weights = os.path.join(workdir, "source", "final")
     stages = []
-    for name, title, loss, lambda_target in STAGES:
-        adapt = loss != "none"
+    for name in ("source", *config.demo.methods):
+        method = methods.get(name, "config.demo.methods")
         c = copy.deepcopy(config)
         with c.unlocked():
             del c["demo"]
-            steps = config.demo.adapt_steps if adapt else config.demo.source_steps
-            c.loss.target = loss
-            c.init.checkpoint = source_weights if adapt else ""
-            c.train.steps = c.eval.every_steps = c.optim.iter_max = steps
-            c.data_dir = data_dir
-            if adapt:
-                c.optim.lr = config.demo.adapt_lr
-            if lambda_target is not None:
-                c.loss.lambda_target = lambda_target
-        stages.append(Stage(name, title, c))
+        c.method = method.name
+        c.loss.lambda_target = method.lambda_target(config.loss.lambda_target)
+        steps = config.demo.adapt_steps if method.adapting else config.demo.source_steps
+        c.init.checkpoint = source_weights if method.adapting else ""
+        c.train.steps = c.eval.every_steps = c.optim.iter_max = steps
+        c.data_dir = data_dir
+        if method.adapting:
+            c.optim.lr = config.demo.adapt_lr
+        stages.append(Stage(name, method.title, c))
     return stages
 
 
 def print_table(results: dict, titles: dict) -> None:
     """The demo's table: target mIoU per stage, its gain over source only and the control."""
     rows = results["target_miou"]
-    base, control = rows["source"], rows.get("bn_stats_only")
+    base, control = rows["source"], rows.get("control")
     print(f"\nTarget validation mIoU ({results['eval']}, seed {results['seed']}):")
     print(f"  {'method':<22}{'mIoU':>8}{'vs source':>12}{'vs control':>12}")
     for name, miou in rows.items():
@@ -91,34 +82,12 @@ def run_demo(config, workdir: str) -> dict:
         "target_miou": {name: s["last_miou"] for name, s in summaries.items()},
         "seed": config.seed,
         "wall_time_s": round(time.perf_counter() - start, 1),
-        "eval": f"{config.eval.dataset}/{config.eval.config}/{config.eval.split}",
+        "eval": f"{config.eval.dataset}/{config.eval.size}/{config.eval.split}",
     }
     if jax.process_index() == 0:
         print_table(results, {stage.name: stage.title for stage in stages})
         outputs.write_text(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     return results
-
-
-def check_demo_config(config) -> None:
-    """Raises ConfigError for a demo field that cannot work, and checks every stage's config.
-
-    Runs before the first stage, so that a bad adaptation field does not surface only after
-    the source stage has trained.
-    """
-    from msjax import config_checks
-
-    positive = config_checks.integer(1)
-    config_checks.check_fields(
-        config.demo,
-        {
-            "source_steps": positive,
-            "adapt_steps": positive,
-            "adapt_lr": config_checks.number(0.0, low_open=True),
-        },
-        "demo",
-    )
-    for stage in demo_stages(config, "WORKDIR"):
-        config_checks.check_config(stage.config, check_paths=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,12 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         flags, config = parsed
 
         def command() -> int:
+            from msjax import config_checks
             from msjax.errors import ConfigError
 
             cli.check_workdir(flags.workdir)
             if "demo" not in config:
                 raise ConfigError("--config: msjax.demo needs a demo config (configs/demo.py).")
-            check_demo_config(config)
+            config_checks.check_demo(config.demo)
             cli.start_training_process(config)
             results = run_demo(config, flags.workdir)
             return preemption.EXIT_STATUS.get(results.get("stop_signal"), 0)

@@ -2,7 +2,7 @@
 
     python -m msjax.evaluate --checkpoint runs/iw/best --dataset cityscapes --data-dir DATA \
         [--protocol original|full] [--flip] [--scales 0.75,1.0,1.25] [--split val] \
-        [--method maxsquare_iw] [--out DIR] [--save-predictions] [--verbose]
+        [--method iw] [--out DIR] [--save-predictions] [--verbose]
 
 `original` compares with labels resized nearest to the input size (the paper's protocol),
 `full` with the native 2048x1024 labels (`msjax.evaluation.protocol`). The report prints
@@ -22,7 +22,7 @@ from msjax import cli
 
 def parse_args(argv):
     from msjax.evaluation import inference, published
-    from msjax.evaluation.protocol import DEFAULT_INPUT_SIZE, PROTOCOLS
+    from msjax.evaluation.protocol import PROTOCOLS
 
     p = argparse.ArgumentParser(prog="python -m msjax.evaluate", description=__doc__.split("\n")[0])
     p.add_argument(
@@ -31,15 +31,17 @@ def parse_args(argv):
     p.add_argument(
         "--dataset",
         required=True,
-        help='cityscapes, nthu-CITY (rome, rio, ...), synthetic (the demo\'s "real" '
-        "style) or synthetic-DOMAIN (e.g. synthetic-fog-2)",
+        help="a data set: cityscapes, nthu-CITY (rome, rio, tokyo, taipei), gta5, synthia, or "
+        'a generated one: synthetic-target (the demo\'s "real" style), synthetic-fog-2, ...',
     )
     p.add_argument("--data-dir", required=True, help="folder given to msjax.prepare --data-dir")
     p.add_argument("--protocol", default="original", choices=PROTOCOLS)
     p.add_argument("--flip", action="store_true", help="average with the flipped image")
     p.add_argument("--scales", default="1.0", help="comma-separated input scales to average")
     p.add_argument("--split", default=None, help="default: val (Cityscapes), test (NTHU)")
-    p.add_argument("--input-size", default=DEFAULT_INPUT_SIZE, help="WxH fed to the network")
+    p.add_argument("--input-size", default=None,
+                   help="WxH fed to the network (a prepared size; default 1024x512, or the "
+                   "data set's own size where it has no 1024x512)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--precision", default=inference.DEFAULT_PRECISION, choices=inference.PRECISIONS,
                    help="'highest' float32 (default) or 'default' (TF32 on GPUs)")  # fmt: skip

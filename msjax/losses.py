@@ -8,13 +8,12 @@ Everything here follows the original's losses (docs/original.md, "Losses"). Conv
   tests under ``jax.enable_x64``) stay float64 throughout.
 * Every loss is ``jax.jit``-compiled with its hyper-parameters static, never pulls a value
   to the host, and is safe to call inside a larger jitted train step (the nested jit is
-  inlined by XLA). ``target_loss`` is a plain Python dispatch on a config string: bind the
-  name outside jit.
+  inlined by XLA).
 * Probabilities come from ``jax.nn.softmax`` / ``jax.nn.log_softmax``, which subtract the
   per-pixel maximum first, so logits of magnitude 100 give finite values and gradients.
 
 The target-domain losses (``max_square``, ``iw_max_square``, ``entropy``,
-``hard_pseudo_label``) can be picked by name with :func:`target_loss`.
+``hard_pseudo_label``) are the methods' (``msjax.methods``).
 """
 
 import functools
@@ -26,8 +25,6 @@ IGNORE_INDEX = 255
 # A pixel is "easy" when its predicted class has probability above this (the paper's argument
 # in section 3: entropy minimisation lets such pixels take most of the gradient).
 EASY_PROBABILITY = 0.9
-
-TARGET_LOSSES = ("maxsquare", "iw_maxsquare", "entropy", "hard")
 
 
 def _upcast(x):
@@ -265,30 +262,3 @@ def easy_gradient_share(loss_fn, logits, threshold=EASY_PROBABILITY, easy=None):
     total = jnp.sum(magnitude)
     share = jnp.where(total > 0, jnp.sum(jnp.where(easy, magnitude, 0.0)) / total, 0.0)
     return share, jnp.mean(easy, dtype=jnp.float32), jnp.mean(magnitude)
-
-
-def target_loss(name, logits, *, ratio=0.2, threshold=0.95):
-    """Target-domain loss selected by its config name.
-
-    Args:
-      name: one of ``TARGET_LOSSES``: 'maxsquare', 'iw_maxsquare', 'entropy' or 'hard'.
-        A Python string, so bind it outside jit (e.g. with ``functools.partial``).
-      logits: ``[N, H, W, C]`` main-head logits on the target image.
-      ratio: IW exponent, used by 'iw_maxsquare' only.
-      threshold: confidence threshold, used by 'hard' only.
-
-    Returns:
-      float32 scalar, before multiplication by ``lambda_target``.
-
-    Raises:
-      ValueError: for an unknown name.
-    """
-    if name == "maxsquare":
-        return max_square(logits)
-    if name == "iw_maxsquare":
-        return iw_max_square(logits, ratio=ratio)
-    if name == "entropy":
-        return entropy(logits)
-    if name == "hard":
-        return hard_pseudo_label(logits, threshold=threshold)
-    raise ValueError(f"Unknown target loss {name!r}; expected one of {TARGET_LOSSES}.")

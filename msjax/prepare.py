@@ -2,9 +2,13 @@
 
     python -m msjax.prepare gta5 ~/raw/GTA5 --data-dir ~/msjax_data               # 1280x720
     python -m msjax.prepare cityscapes ~/raw/cityscapes --data-dir ~/msjax_data \
-        --config 1024x512 --config full
-    python -m msjax.prepare nthu ~/raw/NTHU --data-dir ~/msjax_data --config rome_1024x512
+        --size 1024x512 --size full
+    python -m msjax.prepare nthu-rome ~/raw/NTHU --data-dir ~/msjax_data      # one city
+    python -m msjax.prepare nthu ~/raw/NTHU --data-dir ~/msjax_data           # all four
     python -m msjax.prepare synthetic --data-dir ~/msjax_data   # generated, no raw folder
+
+DATASET is a data set of `msjax.data.datasets` or a group of them ('nthu', 'synthetic',
+'synthetic-fog'); `--size` defaults to the data set's training size.
 
 The splits are the original's by default: its split lists ship with msjax (GTA5 and SYNTHIA
 train/val, Cityscapes train/val, NTHU train/test; what each holds: docs/data.md).
@@ -32,16 +36,17 @@ def parse_args(argv):
     )
     parser.add_argument(
         "dataset",
-        help="gta5, synthia, cityscapes, nthu, synthetic (every generated set), "
-        "synthetic_source, synthetic_target, synthetic_fog or synthetic_noise",
+        help="gta5, synthia, cityscapes, nthu-CITY (rome, rio, tokyo, taipei), "
+        "synthetic-DOMAIN (source, target, fog-1..3, noise-1..3), or a group of them: nthu, "
+        "synthetic, synthetic-fog, synthetic-noise",
     )
     parser.add_argument("raw_dir", nargs="?", help="raw folder in the download layout")
     parser.add_argument("--data-dir", required=True, help="where prepared data sets go")
     parser.add_argument(
-        "--config",
+        "--size",
         action="append",
-        help="resolution config (repeatable); default per data set; for synthetic_fog and "
-        "synthetic_noise a size such as 128x64 means its three severities (s1_128x64, ...)",
+        help="WxH size to prepare, or 'full' for the native size (repeatable); default: the "
+        "data set's training size",
     )
     parser.add_argument(
         "--split-list",
@@ -58,7 +63,7 @@ def parse_args(argv):
         help="without --split-list: 'original' (default) uses the original's lists shipped "
         "with msjax; 'none' uses the folders' own splits (every GTA5/SYNTHIA pair in train)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="rebuild prepared configs")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild sizes already prepared")
     parser.add_argument(
         "--skip-bad",
         action="store_true",
@@ -74,20 +79,24 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def check_args(args, synthetic_names) -> None:
+def check_args(args, members) -> None:
     """Raises ConfigError naming the first argument that cannot work, before any work.
 
     Args:
       args: the parsed arguments.
-      synthetic_names: the generated data sets (which take no RAW_DIR).
+      members: the data sets DATASET names (msjax.data.datasets.members).
     """
     from pathlib import Path
 
     from msjax import outputs
+    from msjax.data import datasets
     from msjax.errors import ConfigError
 
     outputs.check_output_folder(args.data_dir, "--data-dir")
-    generated = args.dataset == "synthetic" or args.dataset in synthetic_names
+    for entry in members:
+        for size in args.size or []:
+            datasets.check_size(entry, size, "--size")
+    generated = all(entry.generated for entry in members)
     if generated and args.raw_dir is not None:
         raise ConfigError(
             f"{args.dataset} is generated, not read: RAW_DIR ({args.raw_dir}) must not be given."
@@ -104,28 +113,26 @@ def check_args(args, synthetic_names) -> None:
 
 
 def prepare(args) -> None:
-    """Prepares every config the arguments name, printing a summary after each."""
-    from msjax.data import preparation, synthetic
+    """Prepares every size of every data set the arguments name, with a summary after each."""
+    from msjax.data import datasets, preparation
     from msjax.errors import DataError
 
-    check_args(args, synthetic.SYNTHETIC_DATASETS)
+    members = datasets.members(args.dataset)
+    check_args(args, members)
     # TensorFlow prints C++ banners at import that no flag silences.
     with cli.quiet_native_stderr():
         from msjax.data import builders
 
-    synthetic_all = args.dataset == "synthetic"
-    names = list(synthetic.SYNTHETIC_DATASETS) if synthetic_all else [args.dataset]
     split_lists = preparation.parse_split_lists(args.split_list)
     if split_lists and args.split_lists == "none":
         raise DataError("--split-lists none and --split-list exclude each other; pass one.")
     split_lists = split_lists or args.split_lists
-    for name in names:
-        builders.builder_class(name)
-        for config in preparation.expand_configs(name, args.config, builders, args.raw_dir):
+    for entry in members:
+        for size in args.size or preparation.default_sizes(entry.name):
             try:
                 summary = preparation.prepare_one(
-                    name,
-                    config,
+                    entry.name,
+                    size,
                     args.data_dir,
                     raw_dir=args.raw_dir,
                     split_lists=split_lists,

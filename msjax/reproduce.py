@@ -26,14 +26,16 @@ from msjax import cli
 
 
 def parse_args(argv):
+    from msjax.data.datasets import raw_flags
+
     p = argparse.ArgumentParser(
         prog="python -m msjax.reproduce", description=__doc__.split("\n")[0]
     )
     p.add_argument("row", help="SETTING:ARG, e.g. gta2city:iw_multi or city2nthu:rome[,smoke]")
     p.add_argument("--workdir", required=True, help="folder of the runs and the report")
-    for dataset in ("gta5", "synthia", "cityscapes", "nthu"):
-        p.add_argument(f"--{dataset}", default=None, metavar="RAW",
-                       help=f"raw {dataset} folder (needed while not prepared)")  # fmt: skip
+    for flag in raw_flags():
+        p.add_argument(f"--{flag}", default=None, metavar="RAW",
+                       help=f"raw {flag} download folder (needed while not prepared)")  # fmt: skip
     p.add_argument("--init", default=None, metavar="WEIGHTS",
                    help="converted DeepLab ImageNet init the source model starts from")  # fmt: skip
     p.add_argument("--source-weights", default=None, metavar="CONVERTED",
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         with cli.quiet_native_stderr():
             from msjax.data import builders  # noqa: F401
         from msjax import reproduction
+        from msjax.data import datasets
         from msjax.reproduction import data
         from msjax.training import preemption
 
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = reproduction.make_plan(
             row, args.workdir, args.data_dir, args.init, args.source_weights
         )
-        raw_dirs = {d: getattr(args, d) for d in ("gta5", "synthia", "cityscapes", "nthu")}
+        raw_dirs = {flag: getattr(args, flag) for flag in datasets.raw_flags()}
         reproduction.check_plan(plan)
         data.check_smoke_raw(plan, raw_dirs)
         data.check_raw(data.missing(plan), raw_dirs, plan.data_dir)

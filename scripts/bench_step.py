@@ -145,6 +145,8 @@ def jax_setup(args) -> dict:
     import numpy as np
 
     from msjax import xla
+    from msjax.configlib import ORIGINAL_LOSS
+    from msjax.methods import METHODS
     from msjax.models import DeepLabV2
     from msjax.training import optim
     from msjax.training import step as ts
@@ -177,7 +179,7 @@ def jax_setup(args) -> dict:
     rng = np.random.default_rng(0)
     source, target = synthetic_batch(rng, args.pairs, args.source, args.target, args.classes)
     source, target = jax.device_put((source, target))
-    train_step = ts.make_train_step(model, tx, ts.ORIGINAL_LOSS)
+    train_step = ts.make_train_step(model, tx, METHODS["maxsquare"], ORIGINAL_LOSS)
     options = xla.compiler_options(jax.default_backend()) if args.keep_barriers == "on" else None
     step = jax.jit(train_step, donate_argnums=(0,), compiler_options=options)
 
@@ -267,7 +269,7 @@ def torch_setup(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from msjax.training.step import ORIGINAL_LOSS
+    from msjax.configlib import ORIGINAL_LOSS
     from tests.reference.deeplabv2_torch import DeepLabV2Torch
 
     cuda = torch.cuda.is_available()
@@ -550,7 +552,7 @@ def main(argv=None) -> None:
     rows = []
     for spec in specs:
         if spec["row"] == "torch" and spec["dtype"] == "bfloat16" and not _torch_has_cuda():
-            continue  # autocast bf16 is a GPU comparison (the protocol)
+            continue  # autocast bf16 is a GPU comparison (docs/performance.md's protocol)
         t0 = time.perf_counter()
         results = run_child(child_args(args, **spec), args.timeout)
         for result in results:

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
         prepare_one(
             "cityscapes", "1024x512", root / "data", raw_dir=root / "raw", split_lists="none"
         )
-        for dataset in ("synthetic_source", "synthetic_target"):
+        for dataset in ("synthetic-source", "synthetic-target"):
             prepare_one(dataset, "128x64", root / "smoke", max_examples=24)
         inputs = {"root": root, "smoke_data": str(root / "smoke")}
         rows = []

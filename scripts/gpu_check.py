@@ -1,4 +1,4 @@
-"""Every GPU measurement of the performance issue in one call, inside a fixed time budget.
+"""Every GPU measurement of docs/performance.md in one call, inside a fixed time budget.
 
     PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --out "$OUT" --budget 420
 
@@ -18,9 +18,9 @@ seconds left is skipped):
 6. msjax bf16 with frozen BN (what per-image BN statistics cost);
 7. msjax bf16 with 8 pairs and remat (memory, for a GPU where 8 pairs do not fit).
 
-Without `--skip-measured` the first session's stages run first (their results, with
-native dilated convolutions, are in docs/performance.md): msjax bf16 + PyTorch fp32, msjax
-fp32 + PyTorch autocast bf16, and the dilated-convolution micro-benchmark with the compiled
+Without `--skip-measured` the native-atrous stages run first (their results, with native
+dilated convolutions, are in docs/performance.md): msjax bf16 + PyTorch fp32, msjax fp32 +
+PyTorch autocast bf16, and the dilated-convolution micro-benchmark with the compiled
 convolution windows. Each full-model stage spends most of its time compiling (compile
 times: docs/performance.md); `--budget` skips the last stages first. `--smoke` runs every
 stage with tiny shapes, to check this script on a CPU.
@@ -101,8 +101,8 @@ def main() -> None:
     p.add_argument(
         "--skip-measured",
         action="store_true",
-        help="skip the first session's stages (native-atrous step rows and the atrous "
-        "micro-benchmark, in docs/performance.md)",
+        help="skip the native-atrous stages (step rows and the atrous micro-benchmark "
+        "already in docs/performance.md)",
     )
     p.add_argument("--stage", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -132,15 +132,15 @@ def main() -> None:
     def step(name, cap, *flags, json_name, torch="none"):
         return (name, cap, [*bench, *flags, "--torch", torch, "--json", str(out / json_name)])
 
-    # In order of what the performance issue needs most; `--budget` cuts from the end.
+    # In order of what docs/performance.md's targets need most; `--budget` cuts from the end.
     stages = [
         # The current defaults (atrous='auto' = space-to-batch on GPU, closed-form BN
         # backward, 1x1 convs as matmuls) against PyTorch fp32 and autocast bf16: the
         # headline rows, and a profile of the bf16 step (top ops, time per part).
         step("step_bf16_auto_profile_vs_torch", 320, "--dtype", "bfloat16", "--atrous", "auto",
              "--profile", str(out / "profile_bf16"), torch="fp32,bf16", json_name="step_auto.json"),
-        # Throughput at more than one pair per step (per-image BN), no remat: 1 pair peaked
-        # at 6.46 GiB in bf16 on the H100, so 8 should fit 80 GB (remat: the last stage).
+        # Throughput at more than one pair per step (per-image BN), no remat: by the 1-pair
+        # peak of docs/performance.md, 8 should fit 80 GB (remat: the last stage).
         step("step_bf16_4pairs", 170, "--dtype", "bfloat16", "--atrous", "auto", "--pairs", "4",
              "--steps", "10", json_name="step_4pairs.json"),
         step("step_fp32_auto", 130, "--dtype", "float32", "--atrous", "auto",
@@ -157,8 +157,8 @@ def main() -> None:
              json_name="step_8pairs_remat.json"),
     ]  # fmt: skip
     if not args.skip_measured:
-        # The first session's stages (native dilated convolutions): the rows and the
-        # dilated-convolution windows in docs/performance.md, run first.
+        # The native dilated convolutions' stages: the rows and the dilated-convolution
+        # windows in docs/performance.md, run first.
         stages[:0] = [
             ("step_bf16_vs_torch_fp32", 200, step_a),
             ("step_fp32_and_torch_bf16", 200, step_b),

@@ -25,7 +25,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import contextlib  # noqa: E402
 import multiprocessing.process  # noqa: E402
+import platform  # noqa: E402
 import subprocess  # noqa: E402
+
+# TensorFlow's import asks platform.processor(), which runs `uname -p` once per process and
+# caches it: ask now, so that whichever test imports TensorFlow first starts no process.
+platform.processor()
 
 import pytest  # noqa: E402
 
@@ -84,6 +89,6 @@ def smoke_data_dir(tmp_path_factory):
     from msjax.data.preparation import prepare_one
 
     path = str(tmp_path_factory.mktemp("smoke_data"))
-    for dataset in ("synthetic_source", "synthetic_target"):
+    for dataset in ("synthetic-source", "synthetic-target"):
         prepare_one(dataset, "128x64", path, max_examples=24)
     return path

@@ -267,9 +267,9 @@ def load_config(name: str, arg: str | None = None):
     return module.get_config(arg)
 
 
-def smoke(data_dir, steps=2, variant="iw,smoke"):
+def smoke(data_dir, steps=2, arg="iw,smoke"):
     """A short gta2city smoke config on `data_dir`, without TensorBoard or evaluation."""
-    c = load_config("gta2city", variant)
+    c = load_config("gta2city", arg)
     c.data_dir = data_dir
     c.train.steps = steps
     c.train.tensorboard = False
@@ -355,8 +355,8 @@ CATALOGUE = {
     "optimizer rule not a regex": "'(' is not a regular expression",
     "crop size in fractions": "must be None or (width, height) in whole pixels",
     "seed out of range": "config.seed=18446744073709551616: must be an integer in [0, 2**62)",
-    "unknown data set": "config.source: unknown data set 'kitti'",
-    "unknown data config": "config.eval: synthetic_target: unknown config '999x1'",
+    "unknown data set": "config.source.dataset='kitti': must be one of",
+    "unknown data config": "config.eval.size: synthetic-target: unknown size '999x1'",
     "empty split": "config.eval.split='': must be a non-empty name",
     "init checkpoint missing": "is not a converted weights folder: it does not exist",
     "init checkpoint a .pth": "it is a file (a .pth must be converted first)",
@@ -366,8 +366,8 @@ CATALOGUE = {
     "damaged stage summary": "the stage runs again",
     # -- Already one clear line from the library or the loaders.
     "missing data dir": "does not exist. Prepare the data sets there",
-    "empty data dir": "is not prepared at config",
-    "data dir prepared at another resolution": "(prepared configs there: ['full'])",
+    "empty data dir": "is not prepared at size",
+    "data dir prepared at another resolution": "(prepared sizes there: full)",
     "wrong class count": "config.init.checkpoint: num_classes=16 was requested but the weights",
     "checkpoint folder that is not Orbax": "is not a converted weights folder",
     "truncated checkpoint": "Cannot restore the train state of step",

@@ -39,11 +39,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from msjax import losses, sharding  # noqa: E402
+from msjax.configlib import ORIGINAL_LOSS  # noqa: E402
+from msjax.methods import METHODS  # noqa: E402
 from msjax.models import tiny_deeplabv2  # noqa: E402
 from msjax.training import optim  # noqa: E402
 from msjax.training.optim import ORIGINAL_OPTIM  # noqa: E402
 from msjax.training.step import (  # noqa: E402
-    ORIGINAL_LOSS,
     create_train_state,
     jit_train_step,
     make_train_step,
@@ -51,7 +52,7 @@ from msjax.training.step import (  # noqa: E402
 
 # Argmax-weighted and thresholded terms too; a threshold low enough for a random 5-class
 # network to keep some pixels and drop others.
-LOSS = dict(ORIGINAL_LOSS, target="iw_maxsquare", multi_level=True, multi_threshold=0.3)
+LOSS = dict(ORIGINAL_LOSS, multi_threshold=0.3)
 OPTIM = dict(
     ORIGINAL_OPTIM,
     lr=0.01,
@@ -163,7 +164,9 @@ def run_step(model, variables, batches, devices):
     mesh = sharding.make_mesh(devices)
     tx, _ = optim.make_optimizer(OPTIM, variables["params"])
     state = jax.device_put(create_train_state(variables, tx), sharding.replicated(mesh))
-    step = jit_train_step(make_train_step(model, tx, LOSS), mesh, adapting=True)
+    step = jit_train_step(
+        make_train_step(model, tx, METHODS["iw_multi"], LOSS), mesh, adapting=True
+    )
     metrics = None
     with jax.default_matmul_precision("highest"):
         for source, target in batches:

@@ -100,7 +100,7 @@ def prepared_copy(gta5, tmp_path) -> Path:
         (["--data-dir", "D", "--max-examples", "0"], "prepare zero examples"),
         (["--data-dir", "D", "--max-examples", "-1"], "prepare negative examples"),
         (["--data-dir", "D", "RAW=FILE"], "prepare raw dir that is a file"),
-        (["--data-dir", "D", "DATASET=synthetic_source"], "prepare synthetic with a raw dir"),
+        (["--data-dir", "D", "DATASET=synthetic-source"], "prepare synthetic with a raw dir"),
     ],
 )
 def test_prepare_arguments(gta5, tmp_path, capsys, args, case):
@@ -208,7 +208,7 @@ def weights_dir(tmp_path_factory):
 
 
 def evaluate_args(weights_dir, data_dir, out, *more):
-    return ["--checkpoint", weights_dir, "--dataset", "synthetic", "--input-size", "128x64",
+    return ["--checkpoint", weights_dir, "--dataset", "synthetic-target", "--input-size", "128x64",
             "--data-dir", data_dir, "--out", out, "--no-progress", *more]  # fmt: skip
 
 

@@ -45,7 +45,7 @@ BAD_FIELDS = {
     "optimizer rule not a regex": {"optim__rules": [("(", "head")]},
     "seed out of range": {"seed": 2**64},
     "unknown data set": {"source__dataset": "kitti"},
-    "unknown data config": {"eval__config": "999x1"},
+    "unknown data config": {"eval__size": "999x1"},
     "empty split": {"eval__split": ""},
     "data dir that is a file": {"data_dir": __file__},
     "init checkpoint missing": {"init__checkpoint": "/nonexistent/w"},
@@ -76,7 +76,9 @@ def test_every_shipped_config_passes_the_checks():
         for arg in args:
             c = load_config(name, arg)
             if name == "demo":
-                demo.check_demo_config(c)
+                config_checks.check_demo(c.demo)
+                for stage in demo.demo_stages(c, "WORKDIR"):
+                    config_checks.check_config(stage.config, check_paths=False)
             else:
                 config_checks.check_config(c)
 
@@ -115,11 +117,11 @@ def test_demo_fields_are_checked_before_the_first_stage():
         c = load_config("demo", "smoke")
         c.demo[field] = value
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
-            demo.check_demo_config(c)
+            config_checks.check_demo(c.demo)
     c = load_config("demo", "smoke")
     c.optim.momentum = 1.0  # a field every stage shares: refused before the first one
     with pytest.raises(ConfigError, match="config.optim.momentum=1.0"):
-        demo.check_demo_config(c)
+        demo.run_demo(c, "WORKDIR")
 
 
 @pytest.mark.slow

@@ -34,13 +34,13 @@ RAW_CONFIGS = [
     ("cityscapes", "1024x512"),
     ("cityscapes", "1280x640"),
     ("cityscapes", "full"),
-] + [("nthu", c) for c in builders.config_names("nthu")]
-SYNTHETIC_CONFIGS = [(d, c) for d in synthetic.SYNTHETIC_DATASETS for c in builders.config_names(d)]
+] + [(f"nthu-{city}", s) for city in datasets.NTHU_CITIES for s in ("1024x512", "full")]
+SYNTHETIC_CONFIGS = [(n, s) for n, d in datasets.DATASETS.items() if d.generated for s in d.sizes]
 
 
 def test_every_config_is_covered():
     listed = set(RAW_CONFIGS) | set(SYNTHETIC_CONFIGS)
-    assert listed == {(d, c) for d in builders.BUILDERS for c in builders.config_names(d)}
+    assert listed == {(n, s) for n, d in datasets.DATASETS.items() for s in d.all_sizes}
 
 
 @pytest.fixture(scope="module")
@@ -90,21 +90,25 @@ def _raw_files(dataset, root, key):
     return next(root.glob(f"{city.capitalize()}/Images/*/{name}.jpg"))
 
 
+def _city(dataset):
+    return dataset.split("-", 1)[1] if dataset.startswith("nthu-") else None
+
+
 @pytest.mark.parametrize("dataset, config", RAW_CONFIGS)
 def test_builder_pixel_by_pixel(raw, tmp_path, dataset, config):
-    root, truth = raw[dataset]
+    root, truth = raw[dataset.split("-")[0]]
     summary = preparation.prepare_one(dataset, config, tmp_path, raw_dir=root, split_lists="none")
     stored = read_prepared(dataset, config, tmp_path)
-    size = dict((c.name, c.size) for c in builders.builder_class(dataset).BUILDER_CONFIGS)[config]
+    size = builders.builder_class(dataset).builder_configs[config].size
     table = "synthia" if dataset == "synthia" else "cityscapes"
-    if dataset == "nthu":
-        city = config.split("_")[0]
+    city = _city(dataset)
+    if city:
         truth = {k[1]: v for k, v in truth.items() if k[0] == city}
     n_stored = sum(len(v) for v in stored.values())
     assert n_stored == len(truth) == sum(summary["splits"].values())
     for split_examples in stored.values():
         for key, (image, label) in split_examples.items():
-            lookup = (config.split("_")[0], key) if dataset == "nthu" else key
+            lookup = (city, key) if city else key
             want_image, want_label = expected(
                 _raw_files(dataset, root, lookup), truth[key][1], table, size
             )
@@ -114,7 +118,7 @@ def test_builder_pixel_by_pixel(raw, tmp_path, dataset, config):
             np.testing.assert_array_equal(label, want_label, err_msg=key)
     if dataset == "cityscapes":
         assert set(stored) == {"train", "val"} and len(stored["val"]) == 2
-    if dataset == "nthu":
+    if city:
         assert set(stored) == {"train", "test"}
         assert all((lab == 255).all() for _, lab in stored["train"].values())
 
@@ -124,7 +128,7 @@ def test_synthetic_builders(tmp_path, dataset, config):
     preparation.prepare_one(dataset, config, tmp_path, max_examples=3)
     stored = read_prepared(dataset, config, tmp_path)
     w, h = builders.builder_class(dataset).builder_configs[config].size
-    domain = builders.synthetic_domain(dataset, config)
+    domain = datasets.get(dataset).domain
     for split, examples in stored.items():
         assert len(examples) == 3
         for key, (image, label) in examples.items():
@@ -146,7 +150,7 @@ def test_outside_values_become_ignore_and_are_counted(raw, tmp_path):
 
 def test_cli_summary_lists_orphans(raw, tmp_path, capsys):
     root, _ = raw["gta5"]
-    args = ["gta5", str(root), "--data-dir", str(tmp_path), "--config", "full", "--no-progress"]
+    args = ["gta5", str(root), "--data-dir", str(tmp_path), "--size", "full", "--no-progress"]
     args += ["--split-lists", "none"]
     assert prepare.main(args) == 0
     out = capsys.readouterr().out
@@ -165,7 +169,7 @@ def test_split_lists(raw, tmp_path, capsys):
     root, _ = raw["gta5"]
     (tmp_path / "train.txt").write_text("00001.png\n00002.png\n")
     (tmp_path / "val.txt").write_text("images/00003.png\n00077.png\n")
-    args = ["gta5", str(root), "--data-dir", str(tmp_path / "d"), "--config", "full"]
+    args = ["gta5", str(root), "--data-dir", str(tmp_path / "d"), "--size", "full"]
     args += ["--split-list", f"train={tmp_path / 'train.txt'}"]
     args += ["--split-list", f"val={tmp_path / 'val.txt'}", "--no-progress"]
     # A listed pair missing on disk stops the run, naming it ...
@@ -186,7 +190,7 @@ def test_original_format_list_holds_exactly_those_pairs(raw, tmp_path, capsys):
     """The original's GTA5 ids are unpadded integers: `1` is images/00001.png."""
     root, truth = raw["gta5"]
     (tmp_path / "train.txt").write_text("1\n3\n")
-    args = ["gta5", str(root), "--data-dir", str(tmp_path / "d"), "--config", "full"]
+    args = ["gta5", str(root), "--data-dir", str(tmp_path / "d"), "--size", "full"]
     args += ["--split-list", f"train={tmp_path / 'train.txt'}", "--no-progress"]
     assert prepare.main(args) == 0
     listed = f"splits from lists: train = {tmp_path / 'train.txt'} (2 listed, 0 missing on disk)"
@@ -248,10 +252,10 @@ def test_nthu_lists_look_in_their_own_folder(tmp_path):
     (tmp_path / "test.txt").write_text("pano_00001_train\n")
     lists = {"train": tmp_path / "train.txt", "test": tmp_path / "test.txt"}
     s = preparation.prepare_one(
-        "nthu", "rome_full", tmp_path / "d", raw_dir=tmp_path / "raw", split_lists=lists
+        "nthu-rome", "full", tmp_path / "d", raw_dir=tmp_path / "raw", split_lists=lists
     )
     assert s["splits"] == {"train": 2, "test": 1}
-    stored = read_prepared("nthu", "rome_full", tmp_path / "d")
+    stored = read_prepared("nthu-rome", "full", tmp_path / "d")
     assert (stored["train"]["pano_00001_train"][1] == 255).all()  # unlabelled Train image
     assert (stored["test"]["pano_00001_train"][1] != 255).any()  # the labelled Test one
 
@@ -259,7 +263,7 @@ def test_nthu_lists_look_in_their_own_folder(tmp_path):
 def test_default_lists_are_the_originals_and_missing_files_are_counted(raw, tmp_path, capsys):
     """Without lists the original's own define the splits; the fixture holds 4 of them."""
     root, _ = raw["gta5"]
-    args = ["gta5", str(root), "--data-dir", str(tmp_path / "d"), "--config", "full"]
+    args = ["gta5", str(root), "--data-dir", str(tmp_path / "d"), "--size", "full"]
     err = _error(capsys, args + ["--no-progress"])
     assert "gta5: 18781 listed pair(s) are not in" in err
     assert "train (original gta5/train.txt): 12399 of 12403 missing: '5' (" in err
@@ -290,11 +294,12 @@ def test_shipped_lists_are_the_originals(tmp_path, capsys):
     assert sorted(gta["train"] + gta["val"] + gta["test"]) == list(range(1, 24967))
     assert sorted(ids("synthia/train.txt")) == list(range(9000))
     assert sorted(ids("synthia/val.txt")) == list(range(9000, 9400))
-    city = split_lists.original_lists("cityscapes")
+    cityscapes = datasets.get("cityscapes")
+    city = split_lists.original_lists(cityscapes)
     assert {k: len(v.entries) for k, v in city.items()} == {"train": 2975, "val": 500}
-    assert {split_lists.entry_key("cityscapes", e)[0] for e in city["val"].entries} == {"val"}
+    assert {split_lists.entry_key(cityscapes, e)[0] for e in city["val"].entries} == {"val"}
     for name in datasets.NTHU_CITIES:
-        nthu = split_lists.original_lists("nthu", name)
+        nthu = split_lists.original_lists(datasets.get(f"nthu-{name}"))
         assert {k: len(v.entries) for k, v in nthu.items()} == {"train": 3200, "test": 100}
     err = _error(
         capsys, ["gta5", str(tmp_path), "--data-dir", str(tmp_path), "--split-lists", "none",
@@ -367,7 +372,7 @@ def test_truncated_synthia_label(tmp_path, capsys):
     bad = tmp_path / "raw" / "GT" / "LABELS" / "0000001.png"
     truncate(bad, 0.6)
     args = ["synthia", str(tmp_path / "raw"), "--data-dir", str(tmp_path / "d"), *FOLDERS]
-    err = _error(capsys, args + ["--config", "full"])
+    err = _error(capsys, args + ["--size", "full"])
     assert str(bad) in err
     _nothing_written(tmp_path / "d", "synthia", "full")
 
@@ -399,21 +404,19 @@ def test_label_of_another_size_is_resized_not_dropped(tmp_path, capsys):
     want = np.asarray(Image.fromarray(train).resize((1280, 720), Image.NEAREST))
     np.testing.assert_array_equal(stored["00002"][1], want)
     # `full` keeps the image's size: the label is resized to it.
-    assert prepare.main(args + ["--no-progress", "--config", "full"]) == 0
+    assert prepare.main(args + ["--no-progress", "--size", "full"]) == 0
     stored = read_prepared("gta5", "full", tmp_path / "d")["train"]
     assert stored["00002"][1].shape == (IMAGE_H, IMAGE_W)
 
 
 def test_unknown_names(tmp_path, capsys):
     err = _error(capsys, ["kitti", str(tmp_path), "--data-dir", str(tmp_path)])
-    assert "kitti" in err and "gta5" in err and "synthetic_source" in err
-    err = _error(
-        capsys, ["gta5", str(tmp_path), "--data-dir", str(tmp_path), "--config", "640x360"]
-    )
-    assert "640x360" in err and "'1280x720', 'full'" in err
-    err = _error(capsys, ["nthu", str(tmp_path), "--data-dir", str(tmp_path), "--config", "paris"])
-    assert "rome_1024x512" in err
-    with pytest.raises(DataError, match="valid configs"):
+    assert "kitti" in err and "gta5" in err and "synthetic-source" in err
+    err = _error(capsys, ["gta5", str(tmp_path), "--data-dir", str(tmp_path), "--size", "640x360"])
+    assert "640x360" in err and "valid: 1280x720, full" in err
+    err = _error(capsys, ["paris", str(tmp_path), "--data-dir", str(tmp_path)])
+    assert "nthu-rome" in err and "or a group (nthu, synthetic" in err
+    with pytest.raises(DataError, match="valid: 1024x512, 1280x640, full"):
         builders.load_builder("cityscapes", "2048x1024", tmp_path)
 
 
@@ -425,24 +428,31 @@ def test_bad_split_list_argument(tmp_path, capsys):
 def test_prepared_at_another_resolution(raw, tmp_path):
     root, _ = raw["cityscapes"]
     preparation.prepare_one("cityscapes", "1280x640", tmp_path, raw_dir=root, split_lists="none")
-    with pytest.raises(DataError, match=r"prepared configs there: \['1280x640'\]"):
+    with pytest.raises(DataError, match=r"prepared sizes there: 1280x640\)"):
         builders.load_builder("cityscapes", "1024x512", tmp_path)
-    # A prepared folder moved under another config's name is caught by its metadata.
+    # A prepared folder moved under another size's name is caught by its metadata.
     (tmp_path / "cityscapes" / "1280x640").rename(tmp_path / "cityscapes" / "1024x512")
-    with pytest.raises(DataError, match="1280, 640.*asks for \\(1024, 512\\)"):
+    with pytest.raises(DataError, match="1280, 640.*not at \\(1024, 512\\)"):
         builders.load_builder("cityscapes", "1024x512", tmp_path)
 
 
 def test_nthu_single_city_folder(raw, tmp_path, capsys):
     root, _ = raw["nthu"]
     s = preparation.prepare_one(
-        "nthu", "rome_full", tmp_path, raw_dir=root / "Rome", split_lists="none"
+        "nthu-rome", "full", tmp_path, raw_dir=root / "Rome", split_lists="none"
     )
     assert s["splits"] == {"train": 2, "test": 2}
-    err = _error(
-        capsys, ["nthu", str(root / "Rome"), "--data-dir", str(tmp_path), "--config", "rio"]
-    )
-    assert "Rome" in err and "rio" in err
-    # A bare resolution on a single city folder cannot tell which city it is.
-    err = _error(capsys, ["nthu", str(root / "Rome"), "--data-dir", str(tmp_path)])
-    assert "single city folder" in err
+    err = _error(capsys, ["nthu-rio", str(root / "Rome"), "--data-dir", str(tmp_path)])
+    assert "Rome" in err and "Rio" in err
+
+
+def test_a_group_name_prepares_every_member(raw, tmp_path, capsys):
+    """`prepare nthu RAW` prepares the four cities of one NTHU download."""
+    root, _ = raw["nthu"]
+    args = ["nthu", str(root), "--data-dir", str(tmp_path), "--split-lists", "none"]
+    assert prepare.main([*args, "--no-progress"]) == 0
+    for city in datasets.NTHU_CITIES:
+        assert builders.prepared_sizes(f"nthu-{city}", tmp_path) == ["1024x512"]
+    assert [d.name for d in datasets.members("synthetic-fog")] == [
+        "synthetic-fog-1", "synthetic-fog-2", "synthetic-fog-3"
+    ]  # fmt: skip

@@ -64,11 +64,11 @@ def fixture_dir(tmp_path_factory):
     return str(root / "data")
 
 
-def real_data(data_dir, config="full"):
+def real_data(data_dir, size="full"):
     """A smoke config reading prepared GTA5 -> Cityscapes (no synthetic generation)."""
-    c = smoke(data_dir, variant="maxsquare,smoke")
+    c = smoke(data_dir, arg="maxsquare,smoke")
     c.source.dataset, c.target.dataset, c.eval.dataset = "gta5", "cityscapes", "cityscapes"
-    c.source.config = c.target.config = c.eval.config = config
+    c.source.size = c.target.size = c.eval.size = size
     c.eval.batch_size = 1
     return c
 
@@ -88,9 +88,9 @@ def test_empty_data_dir(tmp_path, capsys):
 
 def test_data_dir_prepared_at_another_resolution(fixture_dir, tmp_path, capsys):
     c = real_data(fixture_dir)
-    c.target.config = c.eval.config = "1024x512"
+    c.target.size = c.eval.size = "1024x512"
     message = fails(capsys, c, tmp_path / "run", "data dir prepared at another resolution")
-    assert "cityscapes is not prepared at config '1024x512'" in message
+    assert "cityscapes is not prepared at size 1024x512" in message
 
 
 def test_wrong_class_count_between_checkpoint_and_config(synthetic_dir, tmp_path, capsys):
@@ -129,7 +129,7 @@ def test_unknown_config_argument_cli(tmp_path, capsys):
     status, err = run_main(train.main, capsys, *args)
     assert status == 2 and "Traceback" not in err
     assert CATALOGUE["unknown config argument"] in err
-    assert "valid: one of maxsquare, iw, iw_multi" in err
+    assert "valid: a method of source, source_multi, control, minent, hard, maxsquare" in err
 
 
 def test_unwritable_workdir(synthetic_dir, tmp_path, capsys):
@@ -142,9 +142,9 @@ def test_unwritable_workdir(synthetic_dir, tmp_path, capsys):
 def test_workdir_of_another_config_is_refused_unless_allowed(synthetic_dir, tmp_path, capsys):
     assert train.run(smoke(synthetic_dir), str(tmp_path)) == 0
     before = sorted(os.listdir(tmp_path / "checkpoints"))
-    other = smoke(synthetic_dir, steps=4, variant="minent,smoke")
+    other = smoke(synthetic_dir, steps=4, arg="minent,smoke")
     message = fails(capsys, other, tmp_path, "workdir of another config")
-    assert "loss.target: 'iw_maxsquare' -> 'entropy'" in message
+    assert "method: 'iw' -> 'minent'" in message
     assert "--allow_config_change" in message and "train.steps" not in message
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
     # Told to continue, it resumes at step 2 with the new loss and keeps both configs.
@@ -181,14 +181,14 @@ def test_batch_not_divisible_by_the_device_count_cli(tmp_path):
 
 def test_fewer_target_than_source_examples_both_streams_share_the_shorter_epoch(tmp_path, capsys):
     data = str(tmp_path / "data")
-    prepare_one("synthetic_source", "128x64", data, max_examples=12)
-    prepare_one("synthetic_target", "128x64", data, max_examples=5)
+    prepare_one("synthetic-source", "128x64", data, max_examples=12)
+    prepare_one("synthetic-target", "128x64", data, max_examples=5)
     c = smoke(data, steps=7)
     assert train.run(c, str(tmp_path / "run")) == 0
     out = capsys.readouterr().out
-    assert "target: synthetic_target/128x64/train, 5 examples" in out
+    assert "target: synthetic-target/128x64/train, 5 examples" in out
     assert CATALOGUE["fewer target than source examples"] in out
-    assert "source: synthetic_source/128x64/train, 12 examples on this host, an epoch every 5 " \
+    assert "source: synthetic-source/128x64/train, 12 examples on this host, an epoch every 5 " \
         "steps (the first 5 of 12 batches of a permutation" in out  # fmt: skip
     results = json.load(open(tmp_path / "run" / "results.json"))
     # The original's rule (a zip of two loaders): both streams restart after 5 steps.
@@ -197,7 +197,7 @@ def test_fewer_target_than_source_examples_both_streams_share_the_shorter_epoch(
     assert results["data"]["source"]["full_steps_per_epoch"] == 12
     # The target stream sees each of its examples exactly once per epoch, in a new order.
     stream = make_train_stream(
-        dict(dataset="synthetic_target", config="128x64", batch_size=1, data_dir=data,
+        dict(dataset="synthetic-target", size="128x64", batch_size=1, data_dir=data,
              flip=False, blur=False, num_classes=19, seed=1),
     )  # fmt: skip
     images = [next(stream)["image"][0] for _ in range(10)]
@@ -244,9 +244,9 @@ def test_config_changes_that_are_allowed(synthetic_dir, tmp_path):
     c = smoke(synthetic_dir)
     prepare_workdir(str(tmp_path), c)
     # No checkpoint yet (a start that failed): any new config takes the workdir over.
-    c.loss.target = "entropy"
+    c.method = "minent"
     prepare_workdir(str(tmp_path), c)
-    assert json.load(open(tmp_path / "config.json"))["loss"]["target"] == "entropy"
+    assert json.load(open(tmp_path / "config.json"))["method"] == "minent"
     # With checkpoints: bookkeeping fields (length, intervals, data location) may change.
     (tmp_path / "checkpoints" / "2").mkdir(parents=True)
     c.train.steps, c.eval.every_steps, c.data_dir = 10, 5, str(tmp_path / "elsewhere")

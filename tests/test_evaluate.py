@@ -229,7 +229,7 @@ def test_cli_prints_table_and_writes_report(setup, tmp_path, capsys):
     record = json.loads((out / "results.json").read_text())
     assert record["protocol"] == "original" and record["views"]["flip"] is True
     assert record["precision"] == "highest"
-    assert record["published"]["method"] == "maxsquare_iw_multi"
+    assert record["published"]["method"] == "iw_multi"
     assert np.array(record["confusion_matrix"]).shape == (19, 19)
     assert (out / "results.md").read_text().count("\n| ") == 19 + 2 + 1
     with Image.open(out / "iou.png") as chart:
@@ -256,7 +256,7 @@ def test_sixteen_class_report_names_and_mIoU13():
     "flags, message",
     [
         (["--dataset", "nthu-rome"], "num_classes=19"),
-        (["--dataset", "kitti"], "valid data sets"),
+        (["--dataset", "kitti"], "unknown --dataset 'kitti'; valid: gta5, synthia, cityscapes"),
         (["--dataset", "cityscapes", "--scales", "0,1"], "positive"),
         (["--dataset", "cityscapes", "--input-size", "640x320"], "1024x512"),
         (["--dataset", "cityscapes", "--protocol", "full", "--empty-data"], "msjax.prepare"),
@@ -275,8 +275,9 @@ def test_errors_are_one_paragraph(setup, tmp_path, capsys, flags, message):
 
 def test_settings_name_the_prepared_configs():
     s = protocol.resolve("nthu-rome", "full", None, "1024x512")
-    assert (s.builder, s.split, s.image_config, s.label_config) == (
-        "nthu", "test", "rome_1024x512", "rome_full")  # fmt: skip
-    assert s.class_counts == (13,)
+    assert (s.dataset.name, s.split, s.image_size, s.label_size) == (
+        "nthu-rome", "test", "1024x512", "full")  # fmt: skip
+    assert s.dataset.class_counts == (13,)
     s = protocol.resolve("cityscapes", "original", None, "1280x640")
-    assert (s.split, s.image_config, s.label_config) == ("val", "1280x640", "1280x640")
+    assert (s.split, s.image_size, s.label_size) == ("val", "1280x640", "1280x640")
+    assert protocol.resolve("gta5", "original", None, None).image_size == "1280x720"

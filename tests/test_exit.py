@@ -53,7 +53,7 @@ def test_training_and_evaluation_leave_no_tf_data_iterator_alive(smoke_data_dir,
         summary = train_and_evaluate(c, str(tmp_path / "run"))
         assert summary["final_step"] == 2
         assert live_tf_iterators() <= before
-        protocol.evaluate(tmp_path / "run" / "final", "synthetic", smoke_data_dir,
+        protocol.evaluate(tmp_path / "run" / "final", "synthetic-target", smoke_data_dir,
                           input_size="128x64", progress=False)  # fmt: skip
         assert live_tf_iterators() <= before
     finally:

@@ -292,30 +292,6 @@ def test_bfloat16_logits_match_float32(name):
     assert grads.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(grads)))
 
 
-def test_target_loss_selects_by_name():
-    logits = jnp.asarray(make_inputs("hard_pseudo_label", 1, 19, "some")[0])
-    expected = {
-        "maxsquare": losses.max_square(logits),
-        "iw_maxsquare": losses.iw_max_square(logits, ratio=0.3),
-        "entropy": losses.entropy(logits),
-        "hard": losses.hard_pseudo_label(logits, threshold=0.9),
-    }
-    assert set(expected) == set(losses.TARGET_LOSSES)
-    for name, value in expected.items():
-        got = losses.target_loss(name, logits, ratio=0.3, threshold=0.9)
-        assert got == value, name
-    with pytest.raises(ValueError, match="Unknown target loss"):
-        losses.target_loss("maxsqaure", logits)
-
-
-def test_target_loss_inside_jit():
-    logits = jnp.asarray(make_inputs("max_square", 1, 19, "some")[0])
-    step = jax.jit(jax.value_and_grad(functools.partial(losses.target_loss, "iw_maxsquare")))
-    value, grad = step(logits)
-    np.testing.assert_allclose(value, losses.iw_max_square(logits), rtol=1e-6)
-    assert grad.shape == logits.shape
-
-
 def test_multi_level_guidance_trains_aux_head_only():
     main, aux = make_inputs("multi_level_guidance", 1, 19, "some")
     g_main, g_aux = jax.grad(losses.multi_level_guidance, argnums=(0, 1))(main, aux)

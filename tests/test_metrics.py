@@ -111,13 +111,13 @@ def test_accumulator_is_exact_across_flushes(monkeypatch):
 
 def test_published_rows_are_consistent():
     gta = published.result("cityscapes", 19)
-    assert gta.method == "maxsquare_iw_multi" and gta.miou == 46.4
+    assert gta.method == "iw_multi" and gta.miou == 46.4
     # The per-class row averages to the published mIoU (rounding of 19 one-decimal values).
     assert np.mean(gta.per_class) == pytest.approx(46.4, abs=0.06)
-    syn = published.result("cityscapes", 16, "source_only")
+    syn = published.result("cityscapes", 16, "source")
     assert (syn.miou, syn.miou13) == (30.1, 34.3)
     assert published.result("nthu-taipei", 13).miou == 50.6
     assert published.result("nthu-rome", 13, "minent") is None
     assert published.result("cityscapes", 13) is None
     assert [r.method for r in published.results("nthu-rio", 13)] == [
-        "source_only", "maxsquare", "maxsquare_iw"]  # fmt: skip
+        "source", "maxsquare", "iw"]  # fmt: skip

@@ -104,7 +104,23 @@ def test_matches_torch_sgd_with_two_groups_and_poly_lr():
 
 
 def test_poly_schedule_values():
-    schedule = optim.poly_schedule(2.5e-4, 29_760, 0.9)
+    schedule = optim.schedule(2.5e-4, optim.ORIGINAL_OPTIM)
     assert float(schedule(0)) == pytest.approx(2.5e-4)
     assert float(schedule(14_880)) == pytest.approx(2.5e-4 * 0.5**0.9, rel=1e-6)
     assert float(schedule(29_760)) == 0.0 and float(schedule(40_000)) == 0.0
+
+
+def test_poly_schedule_is_finite_and_the_formula_at_every_step():
+    """Jitted as the optimiser runs it (an int32 count): never NaN, 0 from iter_max on (a
+    jitted division by iter_max is a reciprocal multiplication on XLA:CPU), and the float64
+    formula to float32 round-off everywhere else."""
+    iter_max, base = 29_760, 2.5e-4
+    steps = np.arange(iter_max + 5)
+    config = dict(optim.ORIGINAL_OPTIM, iter_max=iter_max)
+    ours = np.asarray(jax.jit(jax.vmap(optim.schedule(base, config)))(jnp.asarray(steps)))
+    assert np.isfinite(ours).all() and (ours[iter_max:] == 0).all()
+    exact = base * (1 - np.minimum(steps / iter_max, 1.0)) ** 0.9
+    # float32's 1 - step / iter_max loses relative precision as it nears 0.
+    head = 9 * iter_max // 10
+    np.testing.assert_allclose(ours[:head], exact[:head], rtol=2e-6)
+    np.testing.assert_allclose(ours, exact, rtol=0, atol=2e-7 * base)

@@ -17,7 +17,7 @@ N_EXAMPLES = 25  # odd on purpose: hosts get 8/8/9 examples, eval batches need p
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("prepared")
-    preparation.prepare_one("synthetic_source", "128x64", d, max_examples=N_EXAMPLES)
+    preparation.prepare_one("synthetic-source", "128x64", d, max_examples=N_EXAMPLES)
     raw = tmp_path_factory.mktemp("raw") / "cityscapes"
     make_cityscapes(raw)
     preparation.prepare_one("cityscapes", "1024x512", d, raw_dir=raw, split_lists="none")
@@ -25,7 +25,7 @@ def data_dir(tmp_path_factory):
 
 
 def _cfg(data_dir, **kw):
-    base = dict(dataset="synthetic_source", config="128x64", batch_size=4, seed=3)
+    base = dict(dataset="synthetic-source", size="128x64", batch_size=4, seed=3)
     return {**base, "data_dir": str(data_dir), **kw}
 
 
@@ -191,7 +191,7 @@ def test_eval_stream_is_unaugmented_and_repeatable(data_dir):
 
 
 def test_cityscapes_subset_and_normalisation(data_dir):
-    base = dict(dataset="cityscapes", config="1024x512", data_dir=str(data_dir), batch_size=2)
+    base = dict(dataset="cityscapes", size="1024x512", data_dir=str(data_dir), batch_size=2)
     raw = pipeline.make_eval_stream(dict(base, num_classes=19), process_index=0, process_count=1)
     sub = pipeline.make_eval_stream(dict(base, num_classes=13), process_index=0, process_count=1)
     tv = pipeline.make_eval_stream(
@@ -283,8 +283,8 @@ def test_config_errors(data_dir):
         _stream(data_dir, normalization="bgr")
     with pytest.raises(DataError, match="no split 'test'"):
         _stream(data_dir, split="test")
-    with pytest.raises(DataError, match="not prepared at config '256x128'"):
-        _stream(data_dir, config="256x128")
+    with pytest.raises(DataError, match="not prepared at size 256x128"):
+        _stream(data_dir, size="256x128")
     with pytest.raises(DataError, match="data_dir is not set"):
         pipeline.make_train_stream(
             {**_cfg(data_dir), "data_dir": None}, process_index=0, process_count=1

@@ -19,12 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from msjax import configlib
 from msjax.data import normalize, synthetic
+from msjax.methods import METHODS
 from msjax.models import DeepLabV2, tiny_deeplabv2
 from msjax.training import optim
 from msjax.training import step as ts
 
-LOSS = ts.ORIGINAL_LOSS
+LOSS = configlib.ORIGINAL_LOSS
+MAXSQUARE = METHODS["maxsquare"]
 
 
 def rel_err(a, b) -> float:
@@ -111,7 +114,7 @@ def train_tiny(dtype, seed: int, batches, steps: int = STEPS):
     """`steps` adaptation steps of a tiny model from init `seed`, batches in a seeded order."""
     model = tiny_deeplabv2(width=16, dtype=dtype)
     tx, state = make_state(model, lr=0.002, seed=seed)
-    step = jax.jit(ts.make_train_step(model, tx, LOSS), donate_argnums=(0,))
+    step = jax.jit(ts.make_train_step(model, tx, MAXSQUARE, LOSS), donate_argnums=(0,))
     order = np.random.RandomState(seed).permutation(len(batches))
     metrics = []
     for i in range(steps):
@@ -156,7 +159,9 @@ def test_bfloat16_gradient_follows_float32_at_one_step():
 
         def loss(params, state=state, model=model):
             batch_stats = state.batch_stats
-            return ts.compute_loss(params, batch_stats, source, target, model=model, loss=LOSS)[0]
+            return ts.compute_loss(
+                params, batch_stats, source, target, model=model, method=MAXSQUARE, loss=LOSS
+            )[0]
 
         with jax.default_matmul_precision("highest"):
             value, grad = jax.jit(jax.value_and_grad(loss))(state.params)

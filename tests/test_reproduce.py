@@ -18,6 +18,7 @@ import pytest
 
 from msjax import configlib, reproduce
 from msjax.errors import WorkdirError
+from msjax.methods import METHODS
 from msjax.training import run as run_lib
 from msjax.training.stages import Stage, run_stage
 from msjax.training.step import create_train_state, make_train_step
@@ -28,14 +29,14 @@ def one_step(variant: str):
     """(params before, params after, metrics) of one step of a smoke source config."""
     c = configlib.load("gta2city", f"{variant},smoke")
     model, variables, _ = run_lib.build_model(c, "cpu")
-    tx, _, _ = run_lib.make_optimizer(c, model, variables["params"])
+    tx = run_lib.build_optimizer(c, model, METHODS[c.method], variables["params"]).tx
     state = create_train_state(variables, tx)
     rng = np.random.default_rng(0)
     source = {
         "image": jnp.asarray(rng.normal(size=(1, 64, 128, 3)), jnp.float32),
         "label": jnp.asarray(rng.integers(0, 19, (1, 64, 128)), jnp.int32),
     }
-    step = jax.jit(make_train_step(model, tx, c.loss))
+    step = jax.jit(make_train_step(model, tx, METHODS[c.method], c.loss))
     after, metrics = step(state, source, None)
     return variables["params"], after.params, jax.device_get(metrics)
 
@@ -75,18 +76,19 @@ def test_source_multi_trains_the_aux_head_and_logs_its_loss():
 )
 def test_source_runs_validate_on_the_source_val_split(name, arg, val, every):
     c = configlib.load(name, arg)
-    assert f"{c.eval.dataset}/{c.eval.config}/{c.eval.split}" == val
+    assert f"{c.eval.dataset}/{c.eval.size}/{c.eval.split}" == val
     assert c.eval.dataset == c.source.dataset and c.eval.every_steps == every
-    assert c.loss.target == "none" and c.loss.multi_level == ("multi" in arg)
+    method = METHODS[c.method]
+    assert not method.adapting and method.multi_level == ("multi" in arg)
     assert (c.train.steps, c.optim.iter_max) == (80_000, 200_000)
     smoke = configlib.load(name, f"{arg},smoke")
-    assert (smoke.eval.dataset, smoke.eval.split) == ("synthetic_source", "val")
+    assert (smoke.eval.dataset, smoke.eval.split) == ("synthetic-source", "val")
 
 
 def test_cross_city_source_is_80k_of_a_200k_poly_at_1024x512_for_every_city():
     c = configlib.load("city2nthu", "source")
     assert (c.train.steps, c.optim.iter_max) == (80_000, 200_000)
-    assert (c.source.dataset, c.source.config) == ("cityscapes", "1024x512")
+    assert (c.source.dataset, c.source.size) == ("cityscapes", "1024x512")
     assert c.model.num_classes == 13
     assert all(configlib.load("city2nthu", f"{city},source") == c for city in ("rome", "taipei"))
 
@@ -96,11 +98,9 @@ def test_selection_metric_and_thresholds_follow_the_original():
         assert configlib.load("synthia2city", arg).eval.select == "miou13"
         assert configlib.load("gta2city", arg).eval.select == "miou"
     multi = configlib.load("gta2city", "iw_multi")
-    assert multi.target.config == multi.eval.config == "1280x640"
+    assert multi.target.size == multi.eval.size == "1280x640"
     rome = configlib.load("city2nthu", "rome")
     assert rome.loss.threshold == rome.loss.multi_threshold == 0.98
-    assert configlib.source_model("iw_multi") == ("source_multi", "best")
-    assert configlib.source_model("iw") == ("source", "final")
 
 
 def run_reproduce(*args):
@@ -143,7 +143,7 @@ def test_gta2city_iw_multi_smoke_runs_every_stage_and_resumes_after_a_kill(
     assert "finished earlier" not in out.split("== iw_multi")[1]
 
     source = read_json(chain / "source_multi" / "results.json")
-    assert source["eval"] == "synthetic_source/128x64/val"  # the source's own val split
+    assert source["eval"] == "synthetic-source/128x64/val"  # the source's own val split
     logged = [json.loads(line) for line in open(chain / "source_multi" / "metrics.jsonl")]
     assert all(np.isfinite(r["loss_source_aux"]) for r in logged if "loss" in r)
     adapt = read_json(chain / "iw_multi" / "config.json")
@@ -173,8 +173,8 @@ def test_city2nthu_rome_smoke_trains_the_shared_source_then_adapts(tmp_path, smo
     assert [s.name for s in plan.stages] == ["source", "rome_maxsquare"]
     record = reproduce_plan(plan, {}, progress=False)
     chain = {s["stage"]: s for s in record["chain"]}
-    assert chain["source"]["eval"] == "synthetic_source/128x64/val"
-    assert chain["rome_maxsquare"]["eval"] == "synthetic_target/128x64/val"
+    assert chain["source"]["eval"] == "synthetic-source/128x64/val"
+    assert chain["nthu-rome_maxsquare"]["eval"] == "synthetic-target/128x64/val"
     assert record["published"]["miou"] == 53.9 and len(record["evaluations"]) == 4
     assert {e["step"] for e in record["evaluations"]} == {2}
     # A finished stage is reused only with the config it ran with.
@@ -188,8 +188,8 @@ def test_city2nthu_rome_smoke_trains_the_shared_source_then_adapts(tmp_path, smo
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["gta2city:iw_mult"], "gta2city takes one of maxsquare, iw, iw_multi"),
-        (["city2nthu:iw"], "and one city of rome, rio, tokyo, taipei"),
+        (["gta2city:iw_mult"], "gta2city: unknown config argument 'iw_mult'; valid: a method"),
+        (["city2nthu:iw"], "valid: one of rome, rio, tokyo, taipei, a method"),
         (["nowhere:iw"], "expected SETTING:ARG with SETTING one of gta2city"),
         (["gta2city:iw"], "--init is required to train the source model"),
         (["gta2city:source", "--source-weights=W"], "is the source-only row"),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from msjax.data.preparation import prepare_one
-from msjax.errors import ConfigError
+from msjax.errors import ConfigError, UserError
 from msjax.evaluation import study_report
 from msjax.training import study
 from tests.helpers import load_config
@@ -25,7 +25,7 @@ def test_paired_interval_is_the_student_t_interval():
 def test_table_pairs_methods_by_seed():
     c = load_config("study")
     c.study.shifts, c.study.methods, c.study.extra = (
-        ("fog-2",),
+        ("synthetic-fog-2",),
         ("control", "minent", "maxsquare"),
         (),
     )
@@ -33,7 +33,9 @@ def test_table_pairs_methods_by_seed():
 
     def record(seed, method, miou):
         lam = None if method == "control" else 1.0
-        return dict(seed=seed, shift="fog-2", method=method, lam=lam, miou=miou, class_iou=iou)
+        return dict(
+            seed=seed, shift="synthetic-fog-2", method=method, lam=lam, miou=miou, class_iou=iou
+        )
 
     # MaxSquare beats the control by 1, 2, 3 points in seeds 1-3; MinEnt by 1 point in each.
     records = [record(s, "control", 0.5 + s / 100) for s in (1, 2, 3)]
@@ -52,26 +54,27 @@ def test_table_pairs_methods_by_seed():
 
 def test_study_names_its_runs_and_checks_its_fields():
     c = load_config("study")
-    c.study.seeds, c.study.shifts = (1, 2), ("style", "fog-2")
+    c.study.seeds, c.study.shifts = (1, 2), ("synthetic-target", "synthetic-fog-2")
     c.study.lambdas, c.study.extra = (1.0,), (("maxsquare", 3.2),)
     runs = study.study_runs(c, "/w")
     seeds, shifts, methods = c.study.seeds, c.study.shifts, c.study.methods
     assert len(runs) == len(seeds) * (1 + len(shifts) * (len(methods) + 1))
     by_name = {r.stage.name: r for r in runs}
-    multi = by_name["seed1/fog-2/iw_multi_lam1"].stage.config
-    assert multi.loss.multi_level and multi.loss.lambda_target == pytest.approx(0.9)
-    assert by_name["seed2/style/maxsquare_lam3.2"].stage.config.loss.lambda_target == 3.2
+    multi = by_name["seed1/synthetic-fog-2/iw_multi_lam1"].stage.config
+    assert multi.method == "iw_multi" and multi.loss.lambda_target == pytest.approx(0.9)
+    maxsquare = by_name["seed2/synthetic-target/maxsquare_lam3.2"].stage.config
+    assert maxsquare.loss.lambda_target == 3.2
     assert multi.init.checkpoint == "/w/seed1/source/final"
-    assert (multi.target.dataset, multi.target.config) == ("synthetic_fog", "s2_192x96")
-    control = by_name["seed1/style/control"].stage.config
-    assert control.loss.lambda_target == 0.0 and control.target.dataset == "synthetic_target"
+    assert (multi.target.dataset, multi.target.size) == ("synthetic-fog-2", "192x96")
+    control = by_name["seed1/synthetic-target/control"].stage.config
+    assert control.loss.lambda_target == 0.0 and control.target.dataset == "synthetic-target"
     source = by_name["seed1/source"].stage.config
-    assert source.loss.target == "none" and source.loss.multi_level
-    assert source.eval.dataset == "synthetic_source"
-    c.study.shifts = ("style", "rain-1")
-    with pytest.raises(ConfigError, match="unknown shift 'rain-1'"):
+    assert source.method == "source_multi"
+    assert source.eval.dataset == "synthetic-source"
+    c.study.shifts = ("synthetic-target", "synthetic-rain-1")
+    with pytest.raises(ConfigError, match="'synthetic-rain-1' is not a generated target"):
         study.study_runs(c, "/w")
-    c.study.shifts, c.study.extra = ("style",), (("control", 1.0),)
+    c.study.shifts, c.study.extra = ("synthetic-target",), (("control", 1.0),)
     with pytest.raises(ConfigError, match="config.study.extra"):
         study.study_runs(c, "/w")
     c.study.extra, c.study.adapt_steps = (), 0
@@ -89,8 +92,8 @@ def test_study_smoke_runs_resumes_and_reports(tmp_path):
     c = load_config("study", "smoke")
     data_dir = str(tmp_path / "data")
     for dataset, config in (
-        ("synthetic_source", "128x64"),
-        ("synthetic_target", "128x64"),
+        ("synthetic-source", "128x64"),
+        ("synthetic-target", "128x64"),
         ("synthetic_fog", "s2_128x64"),
     ):
         prepare_one(dataset, config, data_dir, max_examples=16)
@@ -114,7 +117,7 @@ def test_study_smoke_runs_resumes_and_reports(tmp_path):
     assert all("loss_source_aux" in r and "loss_target" not in r for r in source_log if "loss" in r)
 
     records = study_report.collect(c, workdir)
-    source = [r for r in records if r["method"] == "source"]
+    source = [r for r in records if r["method"] == "source_multi"]
     assert len(source) == 2 and all(0.0 <= r["easy_pixels"] <= 1.0 for r in source)
     adapted = [r for r in records if r["method"] == "maxsquare"]
     assert len(adapted) == 2
@@ -125,7 +128,7 @@ def test_study_smoke_runs_resumes_and_reports(tmp_path):
 
     docs = tmp_path / "docs"
     text = report(c, workdir, str(docs))
-    assert "| MaxSquare | 1 | 2 |" in text and "| fog-2 |" in text
+    assert "| MaxSquare | 1 | 2 |" in text and "| synthetic-fog-2 |" in text
     assert (docs / "smoke_curves.png").stat().st_size > 0
     assert (docs / "smoke_gradient_share.png").stat().st_size > 0
     assert open(os.path.join(workdir, "report.md")).read() == text
@@ -135,11 +138,11 @@ def test_evaluate_names_the_corrupted_domains():
     from msjax.evaluation import protocol
 
     setting = protocol.resolve("synthetic-fog-2", "original", None, "192x96")
-    assert (setting.builder, setting.image_config, setting.split) == (
-        "synthetic_fog",
-        "s2_192x96",
+    assert (setting.dataset.builder, setting.image_size, setting.split) == (
+        "synthetic_fog_2",
+        "192x96",
         "val",
     )
-    assert protocol.resolve("synthetic", "original", None, "128x64").builder == "synthetic_target"
-    with pytest.raises(ConfigError, match="synthetic-noise-3"):
+    assert protocol.resolve("synthetic-target", "original", None, None).image_size == "192x96"
+    with pytest.raises(UserError, match="synthetic-noise-3"):
         protocol.resolve("synthetic-fog-9", "original", None, "192x96")

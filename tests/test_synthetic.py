@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from msjax import prepare
-from msjax.data import builders, labels, pipeline, synthetic
+from msjax.data import builders, datasets, labels, pipeline, synthetic
 
 C = synthetic.CLASS_IDS
 
@@ -82,19 +82,19 @@ def test_object_statistics_differ():
 
 
 def test_prepared_through_cli_and_pipeline(tmp_path, capsys):
-    args = ["synthetic", "--data-dir", str(tmp_path), "--config", "128x64"]
+    args = ["synthetic", "--data-dir", str(tmp_path), "--size", "128x64"]
     assert prepare.main(args + ["--max-examples", "8", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "synthetic_source/128x64" in out and "synthetic_target/128x64" in out
-    assert "synthetic_fog/s3_128x64" in out and "synthetic_noise/s1_128x64" in out
+    assert "synthetic-source 128x64" in out and "synthetic-target 128x64" in out
+    assert "synthetic-fog-3 128x64" in out and "synthetic-noise-1 128x64" in out
     for domain in ("source", "target", "fog-3", "noise-1"):
-        name, config = synthetic.dataset_config(domain, "128x64")
-        builder = builders.load_builder(name, config, tmp_path)
-        real = builders.Cityscapes(data_dir=str(tmp_path / "unused"), config="1024x512")
+        name, size = f"synthetic-{domain}", "128x64"
+        builder = builders.load_builder(name, size, tmp_path)
+        real = builders.builder_class("cityscapes")(data_dir=str(tmp_path / "u"), config="1024x512")
         assert builder.info.features.keys() == real.info.features.keys()
         batch = next(
             pipeline.make_train_stream(
-                dict(dataset=name, config=config, data_dir=str(tmp_path), batch_size=2),
+                dict(dataset=name, size=size, data_dir=str(tmp_path), batch_size=2),
                 process_index=0,
                 process_count=1,
             )
@@ -131,9 +131,10 @@ def test_rare_classes_stay_rare_in_every_domain():
 
 
 def test_domain_names():
-    assert synthetic.dataset_config("fog-2", "192x96") == ("synthetic_fog", "s2_192x96")
-    assert synthetic.dataset_config("target", "192x96") == ("synthetic_target", "192x96")
-    assert builders.synthetic_domain("synthetic_noise", "s3_128x64") == "noise-3"
+    assert datasets.get("synthetic-fog-2").domain == "fog-2"
+    assert datasets.get("synthetic-noise-3").builder == "synthetic_noise_3"
+    generated = {d.domain for d in datasets.DATASETS.values() if d.generated}
+    assert generated == set(synthetic.DOMAINS)
     for bad in ("fog-4", "haze-1", "fog"):
         with pytest.raises(ValueError, match="fog-1"):
             synthetic.parse_domain(bad)

@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 
 from msjax import train
+from msjax.configlib import ORIGINAL_LOSS
 from msjax.data import labels
 from msjax.data.preparation import prepare_one
 from msjax.errors import ConfigError
+from msjax.methods import METHODS
 from msjax.models import tiny_deeplabv2
 from msjax.training import optim
 from msjax.training.loop import train_and_evaluate
-from msjax.training.step import ORIGINAL_LOSS, compute_loss
+from msjax.training.step import compute_loss
 from tests.helpers import load_config, make_cityscapes, make_gta5, run_main
 
 CONFIG_ARGS = {
@@ -47,7 +49,7 @@ def test_every_config_builds_with_the_original_hyper_parameters(name, arg):
     if name != "demo":
         assert c.optim.momentum == 0.9 and c.optim.weight_decay == 5e-4
         assert c.optim.groups.to_dict() == {"backbone": 1.0, "head": 10.0}
-        assert c.loss.multi_level == ("multi" in arg)
+        assert METHODS[c.method].multi_level == ("multi" in arg)
         assert c.eval.select == ("miou13" if name == "synthia2city" else "miou")
         if "smoke" not in arg:
             assert c.optim.lr == 2.5e-4 and c.batch_pairs == 1 and c.model.bn_mode == "per_image"
@@ -61,7 +63,7 @@ def test_every_config_builds_with_the_original_hyper_parameters(name, arg):
             assert c.eval.split == ("test" if name == "city2nthu" and not source_only else "val")
     if "iw_multi" in arg:
         assert c.loss.lambda_target == 0.09
-        assert c.target.config == c.eval.config == ("128x64" if "smoke" in arg else "1280x640")
+        assert c.target.size == c.eval.size == ("128x64" if "smoke" in arg else "1280x640")
     elif name != "demo" and not source_only:
         assert c.loss.lambda_target == 0.1
     if name == "city2nthu":
@@ -69,9 +71,10 @@ def test_every_config_builds_with_the_original_hyper_parameters(name, arg):
 
 
 def test_unknown_config_arguments_list_the_valid_ones():
-    with pytest.raises(ConfigError, match="valid: one of maxsquare, iw, iw_multi, minent, hard"):
+    methods = "source, source_multi, control, minent, hard, maxsquare, iw, iw_multi"
+    with pytest.raises(ConfigError, match=f"valid: a method of {methods}"):
         load_config("gta2city", "maxsqaure")
-    with pytest.raises(ConfigError, match="valid cities: rome, rio, tokyo, taipei"):
+    with pytest.raises(ConfigError, match="valid: one of rome, rio, tokyo, taipei, a method"):
         load_config("city2nthu", "paris")
 
 
@@ -80,11 +83,11 @@ def test_misspelt_override_fails_before_training(tmp_path, capsys):
         train.main,
         capsys,
         *("--config", "gta2city.py:smoke", f"--workdir={tmp_path}/run"),
-        "--config.loss.targt=entropy",
+        "--config.loss.lamda_target=0.5",
     )
     assert status == 2
-    assert "error: bad --config override or config file: 'targt'" in err
-    assert 'Did you mean "target" instead of "targt"?' in err
+    assert "error: bad --config override or config file: 'lamda_target'" in err
+    assert 'Did you mean "lambda_target" instead of "lamda_target"?' in err
     assert "Traceback" not in err
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
@@ -95,10 +98,10 @@ def test_bad_config_value_is_one_clear_message(tmp_path, synthetic_dir, capsys):
         capsys,
         *("--config", "gta2city.py:smoke", f"--workdir={tmp_path}/run"),
         f"--config.data_dir={synthetic_dir}",
-        "--config.loss.target=maxsqr",
+        "--config.method=maxsqr",
     )
     assert status == 2
-    assert "error: config.loss.target='maxsqr': must be one of ['maxsquare', 'iw_maxsquare'" in err
+    assert "error: config.method='maxsqr': must be one of ['source', 'source_multi'" in err
     assert "Traceback" not in err
 
 
@@ -159,7 +162,7 @@ def test_end_to_end_on_fixture_gta5_and_cityscapes(tmp_path):
     prepare_one("cityscapes", "full", data_dir, raw_dir=raw / "cityscapes", split_lists="none")
     c = load_config("gta2city", "maxsquare,smoke")
     c.data_dir = data_dir
-    c.source.config = c.target.config = c.eval.config = "full"
+    c.source.size = c.target.size = c.eval.size = "full"
     c.source.dataset, c.target.dataset, c.eval.dataset = "gta5", "cityscapes", "cityscapes"
     c.eval.batch_size = 1
     summary = train_and_evaluate(c, str(tmp_path / "run"))
@@ -188,12 +191,18 @@ def test_per_image_batch_of_four_equals_four_single_pairs():
         "label": jnp.asarray(rng.randint(0, 5, (4, 32, 40)), jnp.int32),
     }
     target = {"image": jnp.asarray(rng.randn(4, 32, 40, 3), jnp.float32)}
-    loss_cfg = dict(ORIGINAL_LOSS, target="iw_maxsquare")
+    loss_cfg = dict(ORIGINAL_LOSS)
 
     @jax.jit
     def grads(s, t):
         return jax.grad(compute_loss, has_aux=True)(
-            variables["params"], variables["batch_stats"], s, t, model=model, loss=loss_cfg
+            variables["params"],
+            variables["batch_stats"],
+            s,
+            t,
+            model=model,
+            method=METHODS["iw"],
+            loss=loss_cfg,
         )[0]
 
     with jax.default_matmul_precision("highest"):

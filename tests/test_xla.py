@@ -116,9 +116,11 @@ def test_msjax_jits_compile_with_the_options():
     """The train step and the prediction function keep the blocks' barriers; a plain jit of
     the same function does not (XLA:CPU expands them away)."""
     from msjax import sharding
+    from msjax.configlib import ORIGINAL_LOSS
     from msjax.evaluation import inference
+    from msjax.methods import METHODS
     from msjax.training import optim
-    from msjax.training.step import ORIGINAL_LOSS, jit_train_step, make_train_step
+    from msjax.training.step import jit_train_step, make_train_step
 
     model = tiny_deeplabv2(num_classes=5)
     x = jnp.zeros((1, 33, 33, 3))
@@ -131,7 +133,8 @@ def test_msjax_jits_compile_with_the_options():
     rules = optim.faithful_rules(aspp_branches=2, aux_head_trained=False)
     tx, _ = optim.make_optimizer(dict(optim.ORIGINAL_OPTIM, rules=rules), variables["params"])
     state = jax.eval_shape(lambda v: step_state(v, tx), variables)
-    step = jit_train_step(make_train_step(model, tx, ORIGINAL_LOSS), sharding.make_mesh(),
+    train_step = make_train_step(model, tx, METHODS["maxsquare"], ORIGINAL_LOSS)
+    step = jit_train_step(train_step, sharding.make_mesh(),
                           adapting=True)  # fmt: skip
     source = {"image": x, "label": jnp.zeros((1, 33, 33), jnp.int32)}
     assert "opt-barrier" in step.lower(state, source, {"image": x}).compile().as_text()

@@ -136,7 +136,7 @@ def driver() -> int:
 
     root = tempfile.mkdtemp(prefix="msjax_two_process_")
     data_dir = os.path.join(root, "data")
-    for dataset in ("synthetic_source", "synthetic_target"):
+    for dataset in ("synthetic-source", "synthetic-target"):
         prepare_one(dataset, "128x64", data_dir, max_examples=24)
     two, one = os.path.join(root, "two"), os.path.join(root, "one")
 

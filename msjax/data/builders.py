@@ -6,8 +6,10 @@ does per step) and stores both as PNG. Workers decode and encode in threads (PIL
 release the GIL), so TFDS's writer only copies bytes. Nothing is downloaded: the builders
 never touch the network (no GCS lookup, no checksums, statistics skipped).
 
-Prepared data lives in `DATA_DIR/<dataset>/<config>/1.0.0/`. Builders are not entered in
-TFDS's global registry (TFDS ships its own `cityscapes`); use `BUILDERS` and `load_builder`.
+There is one builder per data set of `msjax.data.datasets`, made from its entry, and one
+config per size it offers. Prepared data lives in `DATA_DIR/<builder>/<size>/1.0.0/`
+(`DataSet.builder`: the name with '_' for '-'). Builders are not entered in TFDS's global
+registry (TFDS ships its own `cityscapes`); use `builder_class` and `load_builder`.
 """
 
 import collections
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from msjax.data import datasets, hide_gpus_from_tensorflow, labels, synthetic
+from msjax.data import datasets, hide_gpus_from_tensorflow, labels, layouts, synthetic
 from msjax.errors import DataError
 
 tf = hide_gpus_from_tensorflow()
@@ -53,26 +55,19 @@ class Stats:
 
 
 class Config(tfds.core.BuilderConfig):
-    """A stored resolution (and, for NTHU, a city).
+    """A stored size: `name` is 'WxH' or 'full'; `size` is (width, height), or None (native)."""
 
-    Attributes:
-      size: (width, height) the examples are resized to, or None to keep the native size.
-      city: NTHU city or None.
-      num_examples: synthetic sets only: split -> number of generated scenes.
-    """
-
-    def __init__(self, *, size=None, city=None, num_examples=None, **kwargs):
+    def __init__(self, *, size=None, **kwargs):
         super().__init__(version=VERSION, **kwargs)
         self.size = size
-        self.city = city
-        self.num_examples = num_examples
 
 
-def _res_configs(sizes, city=None):
-    prefix = f"{city}_" if city else ""
-    out = [Config(name=f"{prefix}{w}x{h}", size=(w, h), city=city) for w, h in sizes]
-    out.append(Config(name=f"{prefix}full", size=None, city=city, description="native size"))
-    return out
+def _size(name: str) -> tuple[int, int] | None:
+    """'1280x720' -> (1280, 720); 'full' -> None."""
+    if name == datasets.FULL:
+        return None
+    w, h = name.split("x")
+    return int(w), int(h)
 
 
 def _open_image(path: Path) -> Image.Image:
@@ -114,7 +109,7 @@ def split_lists_metadata(layout) -> dict | str | None:
     """What defined the splits, as stored in the prepared data set's metadata.
 
     Args:
-      layout: the datasets.Layout being prepared, or None (synthetic sets, or a builder
+      layout: the layouts.Layout being prepared, or None (synthetic sets, or a builder
         opened to read: TFDS then restores the stored value).
 
     Returns:
@@ -137,7 +132,7 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def process_pair(pair: datasets.Pair, table: str, size) -> tuple[dict, dict]:
+def process_pair(pair: layouts.Pair, table: str, size) -> tuple[dict, dict]:
     """Decodes, maps, resizes and encodes one raw pair.
 
     Args:
@@ -186,8 +181,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     VERSION = tfds.core.Version(VERSION)
     RELEASE_NOTES = {str(VERSION): "First msjax release."}
-    LABEL_TABLE = "cityscapes"
-    DATASET = ""
+    DATASET: datasets.DataSet  # the entry this builder prepares
     # Nothing is downloaded: no URL checksums to look up (TFDS would otherwise locate a
     # checksums file next to this module, which needs the optional importlib_resources).
     url_infos: dict = {}
@@ -226,11 +220,9 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             ),
         )
 
-    def _get_layout(self, dl_manager) -> datasets.Layout:
+    def _get_layout(self, dl_manager) -> layouts.Layout:
         if self.layout is None:
-            self.layout = datasets.discover(
-                self.DATASET, dl_manager.manual_dir, city=self.builder_config.city
-            )
+            self.layout = layouts.discover(self.DATASET, dl_manager.manual_dir)
         return self.layout
 
     def _split_generators(self, dl_manager):
@@ -242,7 +234,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
         def work(pair):
             try:
-                return process_pair(pair, self.LABEL_TABLE, size)
+                return process_pair(pair, self.DATASET.raw.label_ids, size)
             except BadPairError as e:
                 if not self.skip_bad:
                     raise
@@ -267,7 +259,8 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 yield pair.key, example
         if pairs and not kept:
             raise DataError(
-                f"{self.DATASET}: every pair of a split was unreadable, e.g. {self.stats.bad[0][1]}"
+                f"{self.DATASET.name}: every pair of a split was unreadable, e.g. "
+                f"{self.stats.bad[0][1]}"
             )
 
 
@@ -283,90 +276,18 @@ def _ordered_map(pool, fn, items, window):
         yield futures.popleft().result()
 
 
-class Gta5(_Builder, skip_registration=True):
-    """GTA5 (Richter et al. 2016): images/NNNNN.png, labels/NNNNN.png in Cityscapes ids."""
-
-    name = DATASET = "gta5"
-    BUILDER_CONFIGS = _res_configs([(1280, 720)])
-
-
-class Synthia(_Builder, skip_registration=True):
-    """SYNTHIA-RAND-CITYSCAPES: RGB/NNNNNNN.png, 16-bit GT/LABELS/NNNNNNN.png."""
-
-    name = DATASET = "synthia"
-    LABEL_TABLE = "synthia"
-    BUILDER_CONFIGS = _res_configs([(1280, 760)])
-
-
-class Cityscapes(_Builder, skip_registration=True):
-    """Cityscapes fine annotations: leftImg8bit/ and gtFine/*_gtFine_labelIds.png."""
-
-    name = DATASET = "cityscapes"
-    BUILDER_CONFIGS = _res_configs([(1024, 512), (1280, 640)])
-
-
-class Nthu(_Builder, skip_registration=True):
-    """NTHU cross-city (Chen et al. 2017): one config per city and resolution."""
-
-    name = DATASET = "nthu"
-    BUILDER_CONFIGS = [
-        c for city in datasets.NTHU_CITIES for c in _res_configs([(1024, 512)], city)
-    ]
-
-
-_SYNTHETIC_SIZES = [(128, 64), (192, 96), (256, 128)]
-_SYNTHETIC_COUNTS = {"train": 400, "val": 100}
-
-
-def _synthetic_configs(severities=(None,)):
-    """A config per size (and per severity of a corruption family: 's2_192x96')."""
-    return [
-        Config(
-            name=f"s{s}_{w}x{h}" if s else f"{w}x{h}",
-            size=(w, h),
-            num_examples=_SYNTHETIC_COUNTS,
-            description=f"severity {s}" if s else "",
-        )
-        for s in severities
-        for w, h in _SYNTHETIC_SIZES
-    ]
-
-
-def synthetic_domain(dataset: str, config: str) -> str:
-    """The msjax.data.synthetic domain a synthetic data set's config holds.
-
-    Args:
-      dataset: a synthetic data set name (synthetic.SYNTHETIC_DATASETS).
-      config: one of its config names, e.g. '192x96' or 's2_192x96'.
-
-    Returns:
-      'source', 'target', or '<family>-<severity>' (e.g. 'fog-2').
-    """
-    check_config(dataset, config)
-    cls = builder_class(dataset)
-    if not cls.FAMILY:
-        return cls.STYLE
-    domain = f"{cls.FAMILY}-{config.split('_')[0].removeprefix('s')}"
-    synthetic.parse_domain(domain)  # a config name that names no domain is a bug here
-    return domain
+SYNTHETIC_COUNTS = {"train": 400, "val": 100}
 
 
 class _Synthetic(_Builder, skip_registration=True):
     """Procedural street scenes (msjax.data.synthetic); generated, nothing read or fetched."""
 
-    STYLE = ""
-    FAMILY = ""  # a corruption family: one config per severity and size
-    BUILDER_CONFIGS = _synthetic_configs()
-
     def _split_generators(self, dl_manager):
-        return {
-            split: self._generate_synthetic(split, n)
-            for split, n in self.builder_config.num_examples.items()
-        }
+        return {split: self._generate_synthetic(split, n) for split, n in SYNTHETIC_COUNTS.items()}
 
     def _generate_synthetic(self, split, n):
         w, h = self.builder_config.size
-        domain = synthetic_domain(self.name, self.builder_config.name)
+        domain = self.DATASET.domain
         indices = range(n)
         if self.progress is not None:
             indices = self.progress(indices, n)
@@ -378,95 +299,42 @@ class _Synthetic(_Builder, skip_registration=True):
             yield key, {"image": _png(image), "label": _png(label), "id": key}
 
 
-class SyntheticSource(_Synthetic, skip_registration=True):
-    """The "synthetic" style: flat colours, sharp edges (the source domain)."""
-
-    name = DATASET = "synthetic_source"
-    STYLE = "source"
-
-
-class SyntheticTarget(_Synthetic, skip_registration=True):
-    """The "real" style: shifted palette, textures, noise, blur (the target domain)."""
-
-    name = DATASET = "synthetic_target"
-    STYLE = "target"
+def _make_builder(dataset: datasets.DataSet):
+    """The TFDS builder class of one data set entry: a config per size."""
+    base = _Synthetic if dataset.generated else _Builder
+    configs = [Config(name=size, size=_size(size)) for size in dataset.all_sizes]
+    attrs = dict(name=dataset.builder, DATASET=dataset, BUILDER_CONFIGS=configs,
+                 __doc__=dataset.title, __module__=__name__)  # fmt: skip
+    return type(base)(dataset.builder, (base,), attrs, skip_registration=True)
 
 
-class SyntheticFog(_Synthetic, skip_registration=True):
-    """Source-style scenes in haze rising toward the top (a corruption shift), 3 severities."""
-
-    name = DATASET = "synthetic_fog"
-    FAMILY = "fog"
-    BUILDER_CONFIGS = _synthetic_configs(synthetic.SEVERITIES)
-
-
-class SyntheticNoise(_Synthetic, skip_registration=True):
-    """Source-style scenes under strong colour noise (a corruption shift), 3 severities."""
-
-    name = DATASET = "synthetic_noise"
-    FAMILY = "noise"
-    BUILDER_CONFIGS = _synthetic_configs(synthetic.SEVERITIES)
-
-
-BUILDERS = {
-    cls.name: cls
-    for cls in (
-        Gta5, Synthia, Cityscapes, Nthu, SyntheticSource, SyntheticTarget, SyntheticFog,
-        SyntheticNoise,
-    )
-}  # fmt: skip
-DEFAULT_CONFIGS = {
-    "gta5": ["1280x720"],
-    "synthia": ["1280x760"],
-    "cityscapes": ["1024x512"],
-    "nthu": [f"{c}_1024x512" for c in datasets.NTHU_CITIES],
-    "synthetic_source": ["192x96"],
-    "synthetic_target": ["192x96"],
-    "synthetic_fog": ["s2_192x96"],
-    "synthetic_noise": ["s2_192x96"],
-}
-
-
-def config_names(dataset: str) -> list[str]:
-    """Valid config names of a data set.
-
-    Args:
-      dataset: a key of BUILDERS.
-
-    Returns:
-      The config names, in declaration order.
-    """
-    return [c.name for c in builder_class(dataset).BUILDER_CONFIGS]
+_BUILDERS = {name: _make_builder(d) for name, d in datasets.DATASETS.items()}
 
 
 def builder_class(dataset: str):
     """The builder class of a data set name, or a DataError listing the valid names."""
-    if dataset not in BUILDERS:
-        raise DataError(f"unknown data set {dataset!r}; valid data sets: {sorted(BUILDERS)}.")
-    return BUILDERS[dataset]
+    datasets.get(dataset)
+    return _BUILDERS[dataset]
 
 
-def check_config(dataset: str, config: str) -> None:
-    """Raises a DataError listing the valid config names if `config` is not one of them."""
-    valid = config_names(dataset)
-    if config not in valid:
-        raise DataError(f"{dataset}: unknown config {config!r}; valid configs: {valid}.")
+def prepared_sizes(dataset: str, data_dir) -> list[str]:
+    """Sizes of a data set already prepared under `data_dir`."""
+    entry = datasets.get(dataset)
+    root = Path(data_dir) / entry.builder
+    return [s for s in entry.all_sizes if (root / s / VERSION / "dataset_info.json").is_file()]
 
 
-def prepared_configs(dataset: str, data_dir) -> list[str]:
-    """Configs of a data set already prepared under `data_dir`."""
-    root = Path(data_dir) / dataset
-    return sorted(
-        c for c in config_names(dataset) if (root / c / VERSION / "dataset_info.json").is_file()
-    )
+def prepared_path(dataset: str, size: str, data_dir) -> Path:
+    """DATA_DIR/<builder>/<size>/<version>: where a data set's size is (or will be) prepared."""
+    return Path(data_dir).expanduser() / datasets.get(dataset).builder / size / VERSION
 
 
-def load_builder(dataset: str, config: str, data_dir):
-    """Opens a prepared data set, checking that it was prepared at the config's resolution.
+def load_builder(dataset: str, size: str, data_dir):
+    """Opens a prepared data set, checking that it was prepared at that size.
 
     Args:
-      dataset: data set name (see BUILDERS).
-      config: config name, e.g. "1280x720" or "rome_1024x512".
+      dataset: a data set name (msjax.data.datasets).
+      size: one of its sizes, e.g. "1280x720" or "full".
       data_dir: the folder given to `python -m msjax.prepare --data-dir`.
 
     Returns:
@@ -475,17 +343,19 @@ def load_builder(dataset: str, config: str, data_dir):
     Raises:
       DataError: unknown names, data not prepared, or prepared at another resolution.
     """
-    check_config(dataset, config)
+    entry = datasets.get(dataset)
+    datasets.check_size(entry, size)
     data_dir = Path(data_dir).expanduser()
-    path = data_dir / dataset / config / VERSION
+    path = prepared_path(dataset, size, data_dir)
     if not (path / "dataset_info.json").is_file():
-        found = prepared_configs(dataset, data_dir) if data_dir.is_dir() else []
+        found = prepared_sizes(dataset, data_dir) if data_dir.is_dir() else []
+        raw = "" if entry.generated else " RAW_DIR"
         raise DataError(
-            f"{dataset} is not prepared at config {config!r} in {path} (prepared configs "
-            f"there: {found or 'none'}). Run: python -m msjax.prepare {dataset} RAW_DIR "
-            f"--data-dir {data_dir} --config {config}"
+            f"{dataset} is not prepared at size {size} in {path} (prepared sizes there: "
+            f"{', '.join(found) or 'none'}). Run: python -m msjax.prepare {dataset}{raw} "
+            f"--data-dir {data_dir} --size {size}"
         )
-    builder = builder_class(dataset)(data_dir=os.fspath(data_dir), config=config)
+    builder = builder_class(dataset)(data_dir=os.fspath(data_dir), config=size)
     want = builder.builder_config.size
     stored = builder.info.metadata.get("size") if builder.info.metadata else None
     shape = builder.info.features["image"].shape
@@ -494,7 +364,7 @@ def load_builder(dataset: str, config: str, data_dir):
         tuple(want) if want else None
     ):
         raise DataError(
-            f"{path} holds {dataset} prepared at {stored or got or 'native size'} but config "
-            f"{config!r} asks for {want or 'native size'}; prepare it again with --config {config}."
+            f"{path} holds {dataset} prepared at {stored or got or 'native size'}, not at "
+            f"{want or 'native size'}; prepare it again with --size {size} --overwrite."
         )
     return builder

@@ -1,315 +1,205 @@
-"""Raw download layouts: which (image, label) pairs a user's raw folder holds, per split.
+"""The data sets msjax knows, one entry each: the table every command reads.
 
-Nothing here reads pixels or imports TensorFlow: it walks folders, pairs images with labels,
-applies split lists (msjax.data.split_lists), and records every file it had to skip and why,
-so that `python -m msjax.prepare` can report them. Layouts: docs/data.md.
+A data set's name is its one spelling in every command and config: `python -m msjax.prepare
+nthu-rome RAW`, `config.target.dataset = 'nthu-rome'`, `python -m msjax.evaluate --dataset
+nthu-rome`. Sizes ('1024x512') are separate from names. An entry says where the data comes
+from (a raw download folder read by `msjax.data.layouts`, or the generator of
+`msjax.data.synthetic`), which sizes can be prepared, how its labels and split lists are
+written, and how it is evaluated. Adding a data set is adding an entry here (and, for a new
+download layout, its reader in `layouts`).
+
+A group name (the part of several names before a '-': 'nthu', 'synthetic', 'synthetic-fog')
+stands for all its members where a command takes several data sets (`msjax.prepare nthu`).
 """
 
-import dataclasses
-import re
-from pathlib import Path
+from __future__ import annotations
 
-from msjax.data.split_lists import entry_key, resolve
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+
+from msjax.data import layouts, synthetic
 from msjax.errors import DataError
 
-MAX_NAMED = 3  # missing listed files an error message names (then a count)
+FULL = "full"  # the size name of the native resolution
 NTHU_CITIES = ("rome", "rio", "tokyo", "taipei")
-
-EXPECTED_LAYOUT = {
-    "gta5": "RAW_DIR/images/00001.png ... and RAW_DIR/labels/00001.png ... "
-    "(5-digit names, labels in Cityscapes ids)",
-    "synthia": "RAW_DIR/RGB/0000000.png ... and RAW_DIR/GT/LABELS/0000000.png ... "
-    "(SYNTHIA-RAND-CITYSCAPES, 7-digit names, 16-bit labels whose first channel is the id)",
-    "cityscapes": "RAW_DIR/leftImg8bit/{train,val}/CITY/CITY_SEQ_FRAME_leftImg8bit.png and "
-    "RAW_DIR/gtFine/{train,val}/CITY/CITY_SEQ_FRAME_gtFine_labelIds.png",
-    "nthu": "RAW_DIR/{Rome,Rio,Tokyo,Taipei}/Images/{Train,Test}/ID.jpg (or .png) and "
-    "RAW_DIR/CITY/Labels/Test/ID_eval.png (Cityscapes ids); RAW_DIR may also be one city folder",
-}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SYNTHETIC_SIZES = ("192x96", "128x64", "256x128")
 
 
 @dataclasses.dataclass(frozen=True)
-class Pair:
-    """One example of a raw data set.
+class Raw:
+    """How a data set's download folder is read.
 
     Attributes:
-      key: unique name of the example (file stem without suffixes).
-      image: path of the RGB image.
-      label: path of the label image, or None for unlabelled target-domain images.
+      flag: the raw folder's argument of `msjax.reproduce` ('nthu' -> --nthu RAW); data sets
+        read from one download (the NTHU cities) share it.
+      layout: `fn(dataset, root, lists, skip_missing) -> layouts.Layout` (msjax.data.layouts).
+      expected: the layout in words, for error messages.
+      label_ids: the id table of its label PNGs ('cityscapes' or 'synthia', msjax.data.labels).
+      lists: split -> the original's list shipped in msjax/data/lists (the default splits).
+      id_digits: the original's lists write ids as unpadded integers formatted to this many
+        digits (GTA5 5, SYNTHIA 7); None: entries are file stems.
+      split_in_ids: list entries start with their folder split (Cityscapes `train_aachen_...`).
     """
 
-    key: str
-    image: Path
-    label: Path | None
+    flag: str
+    layout: Callable
+    expected: str
+    label_ids: str = "cityscapes"
+    lists: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    id_digits: int | None = None
+    split_in_ids: bool = False
 
 
-@dataclasses.dataclass
-class Layout:
-    """What a raw folder holds.
-
-    Attributes:
-      splits: split name -> pairs, sorted by key.
-      skipped: (path, reason) for every file that could not be paired or was not listed.
-      lists: split -> how its list matched; empty when the folders define the splits.
-    """
-
-    splits: dict[str, list[Pair]]
-    skipped: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
-    lists: dict[str, "ListReport"] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class ListReport:
-    """How one split list matched a raw folder.
+@dataclasses.dataclass(frozen=True)
+class DataSet:
+    """One data set.
 
     Attributes:
-      name: the list, as reports name it ("original gta5/train.txt" or the user's path).
-      listed: entries in the list.
-      missing: (entry, expected file) of each entry without an image/label pair on disk.
+      name: its one spelling.
+      title: how reports print it.
+      sizes: 'WxH' sizes it can be prepared at, the default (training) size first; read data
+        sets also have FULL, the native size (labels of the full-resolution protocol).
+      eval_split: the split scores are reported on ('val', or 'test' for the NTHU cities).
+      class_counts: class counts of the models it can score.
+      raw: how its download is read; None for generated data (`domain`).
+      domain: the msjax.data.synthetic domain of a generated data set.
     """
 
     name: str
-    listed: int
-    missing: list[tuple[str, Path]]
+    title: str
+    sizes: tuple[str, ...]
+    eval_split: str = "val"
+    class_counts: tuple[int, ...] = (19, 16, 13)
+    raw: Raw | None = None
+    domain: str | None = None
+
+    @property
+    def builder(self) -> str:
+        """The prepared data's folder under DATA_DIR (a TFDS builder name)."""
+        return self.name.replace("-", "_")
+
+    @property
+    def all_sizes(self) -> tuple[str, ...]:
+        """`sizes`, and FULL for a read data set."""
+        return self.sizes + ((FULL,) if self.raw else ())
+
+    @property
+    def generated(self) -> bool:
+        return self.raw is None
 
 
-def _missing(dataset: str, root: Path, what: Path) -> DataError:
-    return DataError(
-        f"{dataset}: raw folder {root} does not have the expected layout ({what} is missing). "
-        f"Expected: {EXPECTED_LAYOUT[dataset]}."
+def _nthu(city: str) -> DataSet:
+    return DataSet(
+        f"nthu-{city}",
+        f"NTHU {city.capitalize()}",
+        ("1024x512",),
+        eval_split="test",
+        class_counts=(13,),
+        raw=Raw(
+            "nthu",
+            functools.partial(layouts.nthu, city=city),
+            "RAW_DIR/{Rome,Rio,Tokyo,Taipei}/Images/{Train,Test}/ID.jpg (or .png) and "
+            "RAW_DIR/CITY/Labels/Test/ID_eval.png (Cityscapes ids); RAW_DIR may also be "
+            "one city folder",
+            lists={s: f"nthu/{city.capitalize()}/{s}.txt" for s in ("train", "test")},
+        ),
     )
 
 
-def _files(folder: Path, suffix_re: str) -> dict[str, Path]:
-    """Maps the key (name with `suffix_re` removed) of each matching file in a folder."""
-    pattern = re.compile(suffix_re + "$", re.IGNORECASE)
-    out = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and pattern.search(path.name):
-            out[pattern.sub("", path.name)] = path
-    return out
-
-
-def _pair_up(images: dict, labels: dict, skipped: list) -> list[Pair]:
-    """Pairs images with labels by key; records the orphans of either side."""
-    for key in sorted(set(images) - set(labels)):
-        skipped.append((images[key], "image without label"))
-    for key in sorted(set(labels) - set(images)):
-        skipped.append((labels[key], "label without image"))
-    return [Pair(k, images[k], labels[k]) for k in sorted(set(images) & set(labels))]
-
-
-def _absent(paths) -> Path:
-    """The first of a pair's expected files that does not exist (else the image)."""
-    paths = [p for p in paths if p is not None]
-    return next((p for p in paths if not p.exists()), paths[0])
-
-
-def _missing_error(dataset: str, root: Path, reports: dict) -> DataError:
-    total = sum(len(r.missing) for r in reports.values())
-    parts = []
-    for split, r in reports.items():
-        if r.missing:
-            shown = ", ".join(f"{entry!r} ({path})" for entry, path in r.missing[:MAX_NAMED])
-            more = f" and {len(r.missing) - MAX_NAMED} more" if len(r.missing) > MAX_NAMED else ""
-            parts.append(
-                f"{split} ({r.name}): {len(r.missing)} of {r.listed} missing: {shown}{more}"
-            )
-    return DataError(
-        f"{dataset}: {total} listed pair(s) are not in {root}; " + "; ".join(parts) + ". Pass "
-        "--skip-bad to prepare the listed pairs that are there (the summary lists the missing "
-        "ones), --split-list SPLIT=PATH to give your own lists, or --split-lists none to use "
-        "the folders' own splits."
+def _synthetic(domain: str) -> DataSet:
+    titles = {"source": "synthetic source style", "target": 'synthetic "real" style'}
+    return DataSet(
+        f"synthetic-{domain}",
+        titles.get(domain, f"synthetic {domain}"),
+        SYNTHETIC_SIZES,
+        domain=domain,
     )
 
 
-def _apply_split_lists(dataset, pools, lists, skipped, expect) -> tuple[dict, dict]:
-    """Each split's listed pairs; (splits, split -> ListReport). Unlisted pairs are skipped.
-
-    An entry that names its folder split (Cityscapes `val_...`) is looked up there; others in
-    the folder split of the list's name first (NTHU stems recur in Train and Test), then in
-    any.
-    """
-    by_folder = {name: {p.key: p for p in pairs} for name, pairs in pools.items()}
-    splits, reports, used = {}, {}, set()
-    for split, lst in lists.items():
-        chosen, missing, seen = [], [], set()
-        for entry in lst.entries:
-            folder, key = entry_key(dataset, entry)
-            if key in seen:
-                skipped.append((Path(lst.name), f"listed twice, kept once: {entry!r}"))
-                continue
-            seen.add(key)
-            order = [folder] if folder else [split, *by_folder]
-            pair = next((by_folder[f][key] for f in order if key in by_folder.get(f, {})), None)
-            if pair is None:
-                missing.append((entry, _absent(expect(folder or split, key))))
-            else:
-                chosen.append(pair)
-                used.add(id(pair))
-        splits[split] = sorted(chosen, key=lambda p: p.key)
-        reports[split] = ListReport(lst.name, len(lst.entries), missing)
-    for pairs in pools.values():
-        skipped.extend((p.image, "not in any split list") for p in pairs if id(p) not in used)
-    return splits, reports
-
-
-def _layout(dataset, root, pools, lists, skipped, expect, skip_missing) -> Layout:
-    """The splits as the folders give them, or, with split lists, the listed pairs.
-
-    Args:
-      pools: folder split -> pairs found there.
-      lists: split -> SplitList, or None.
-      expect: (folder split, key) -> the pair's expected (image, label or None) paths.
-      skip_missing: False: a listed pair missing on disk is an error naming it; True: it is
-        recorded in `skipped`.
-    """
-    if lists is None:
-        return Layout(pools, skipped)
-    splits, reports = _apply_split_lists(dataset, pools, lists, skipped, expect)
-    if any(r.missing for r in reports.values()):
-        if not skip_missing:
-            raise _missing_error(dataset, root, reports)
-        for r in reports.values():
-            skipped.extend((path, "listed but not on disk (--skip-bad)") for _, path in r.missing)
-    return Layout(splits, skipped, reports)
-
-
-def _flat_layout(dataset, root, image_dir, label_dir, lists, skip_missing):
-    """GTA5 and SYNTHIA: two flat folders of PNG images and labels with matching names."""
-    for folder in (image_dir, label_dir):
-        if not (root / folder).is_dir():
-            raise _missing(dataset, root, root / folder)
-    skipped: list = []
-    pairs = _pair_up(
-        _files(root / image_dir, r"\.png"), _files(root / label_dir, r"\.png"), skipped
+DATASETS: dict[str, DataSet] = {
+    d.name: d
+    for d in (
+        DataSet(
+            "gta5",
+            "GTA5",
+            ("1280x720",),
+            raw=Raw(
+                "gta5",
+                functools.partial(layouts.flat, images="images", labels="labels"),
+                "RAW_DIR/images/00001.png ... and RAW_DIR/labels/00001.png ... (5-digit "
+                "names, labels in Cityscapes ids)",
+                lists={"train": "gta5/train.txt", "val": "gta5/val.txt"},
+                id_digits=5,
+            ),
+        ),
+        DataSet(
+            "synthia",
+            "SYNTHIA",
+            ("1280x760",),
+            raw=Raw(
+                "synthia",
+                functools.partial(layouts.flat, images="RGB", labels="GT/LABELS"),
+                "RAW_DIR/RGB/0000000.png ... and RAW_DIR/GT/LABELS/0000000.png ... "
+                "(SYNTHIA-RAND-CITYSCAPES, 7-digit names, 16-bit labels whose first "
+                "channel is the id)",
+                label_ids="synthia",
+                lists={"train": "synthia/train.txt", "val": "synthia/val.txt"},
+                id_digits=7,
+            ),
+        ),
+        DataSet(
+            "cityscapes",
+            "Cityscapes",
+            ("1024x512", "1280x640"),
+            raw=Raw(
+                "cityscapes",
+                layouts.cityscapes,
+                "RAW_DIR/leftImg8bit/{train,val}/CITY/CITY_SEQ_FRAME_leftImg8bit.png and "
+                "RAW_DIR/gtFine/{train,val}/CITY/CITY_SEQ_FRAME_gtFine_labelIds.png",
+                lists={"train": "cityscapes/train.txt", "val": "cityscapes/val.txt"},
+                split_in_ids=True,
+            ),
+        ),
+        *(_nthu(city) for city in NTHU_CITIES),
+        *(_synthetic(domain) for domain in synthetic.DOMAINS),
     )
-
-    def expect(_, key):
-        return root / image_dir / f"{key}.png", root / label_dir / f"{key}.png"
-
-    return _layout(dataset, root, {"train": pairs}, lists, skipped, expect, skip_missing)
+}
 
 
-def _cityscapes_layout(root: Path, lists, skip_missing) -> Layout:
-    skipped: list = []
-    all_pairs: dict[str, list[Pair]] = {}
-    for top in ("leftImg8bit", "gtFine"):
-        if not (root / top).is_dir():
-            raise _missing("cityscapes", root, root / top)
-    for split in ("train", "val"):
-        img_root, lab_root = root / "leftImg8bit" / split, root / "gtFine" / split
-        if not img_root.is_dir():
-            continue
-        images, labels = {}, {}
-        for city in sorted(p for p in img_root.iterdir() if p.is_dir()):
-            images.update(_files(city, r"_leftImg8bit\.png"))
-        if lab_root.is_dir():
-            for city in sorted(p for p in lab_root.iterdir() if p.is_dir()):
-                labels.update(_files(city, r"_gtFine_labelIds\.png"))
-        all_pairs[split] = _pair_up(images, labels, skipped)
-    if not all_pairs:
-        raise _missing("cityscapes", root, root / "leftImg8bit" / "train")
+def get(name: str, what: str = "data set") -> DataSet:
+    """The data set called `name`; DataError naming `what` and the valid names otherwise."""
+    if name not in DATASETS:
+        raise DataError(f"unknown {what} {name!r}; valid: {', '.join(DATASETS)}.")
+    return DATASETS[name]
 
-    def expect(split, key):
-        city = key.split("_")[0]
-        return (
-            root / "leftImg8bit" / split / city / f"{key}_leftImg8bit.png",
-            root / "gtFine" / split / city / f"{key}_gtFine_labelIds.png",
+
+def check_size(dataset: DataSet, size: str, what: str = "size") -> None:
+    """DataError listing the data set's sizes unless `size` is one of them."""
+    if size not in dataset.all_sizes:
+        raise DataError(
+            f"{dataset.name}: unknown {what} {size!r}; valid: {', '.join(dataset.all_sizes)}."
         )
 
-    return _layout("cityscapes", root, all_pairs, lists, skipped, expect, skip_missing)
 
-
-def _nthu_city_dir(root: Path, city: str) -> Path:
-    """Accepts the NTHU root (holding City folders) or one city's folder as RAW_DIR."""
-    if (root / "Images").is_dir():
-        if root.name.lower() in NTHU_CITIES and root.name.lower() != city:
-            raise DataError(
-                f"nthu: {root} looks like the {root.name} folder but config asks for {city}; "
-                f"pass the NTHU root or the {city.capitalize()} folder."
-            )
-        return root
-    for child in root.iterdir() if root.is_dir() else []:
-        if child.is_dir() and child.name.lower() == city:
-            return child
-    raise _missing("nthu", root, root / city.capitalize())
-
-
-def _nthu_layout(root: Path, city: str, lists, skip_missing) -> Layout:
-    city_dir = _nthu_city_dir(root, city)
-    skipped: list = []
-    splits = {}
-    image_re = r"\.(png|jpe?g)"
-    train_dir = city_dir / "Images" / "Train"
-    test_dir, label_dir = city_dir / "Images" / "Test", city_dir / "Labels" / "Test"
-    if train_dir.is_dir():
-        # Target-domain training images carry no labels: they are stored with an all-ignore
-        # label so that every prepared data set has the same schema.
-        splits["train"] = [Pair(k, p, None) for k, p in sorted(_files(train_dir, image_re).items())]
-    if test_dir.is_dir():
-        if not label_dir.is_dir():
-            raise _missing("nthu", root, label_dir)
-        splits["test"] = _pair_up(
-            _files(test_dir, image_re), _files(label_dir, r"_eval\.png"), skipped
-        )
-    if not splits:
-        raise _missing("nthu", root, city_dir / "Images" / "Train")
-
-    def expect(split, key):
-        image = city_dir / "Images" / split.capitalize() / f"{key}.jpg"
-        return image, (label_dir / f"{key}_eval.png" if split == "test" else None)
-
-    return _layout("nthu", root, splits, lists, skipped, expect, skip_missing)
-
-
-def discover(
-    dataset: str, raw_dir, city: str | None = None, split_lists=None, skip_missing=False
-) -> Layout:
-    """Finds the (image, label) pairs of a raw data set folder.
-
-    Args:
-      dataset: "gta5", "synthia", "cityscapes" or "nthu".
-      raw_dir: the user's raw folder, in the data set's download layout.
-      city: NTHU city (rome, rio, tokyo, taipei); ignored by the other data sets.
-      split_lists: None or "none" (the folders' own splits: Cityscapes train/val, NTHU
-        train/test, every GTA5/SYNTHIA pair in train), "original" (the original's lists,
-        shipped with msjax), or a mapping split -> list file. With lists, exactly the listed
-        pairs go to each split and the unlisted ones are reported as skipped.
-      skip_missing: with lists, record listed pairs that are not on disk in `skipped`
-        instead of raising (`--skip-bad`).
-
-    Returns:
-      A Layout with at least one non-empty split.
+def members(name: str) -> list[DataSet]:
+    """The data set `name`, or every member of the group `name` ('nthu' -> the four cities).
 
     Raises:
-      DataError: the folder is missing, lacks the layout, or holds no usable pair; or a
-        listed pair is missing and not `skip_missing`.
+      DataError: neither a data set nor a group (the message lists both).
     """
-    if dataset not in EXPECTED_LAYOUT:
-        raise DataError(f"unknown data set {dataset!r}; valid: {sorted(EXPECTED_LAYOUT)}.")
-    root = Path(raw_dir).expanduser()
-    if not root.is_dir():
+    if name in DATASETS:
+        return [DATASETS[name]]
+    found = [d for d in DATASETS.values() if d.name.startswith(f"{name}-")]
+    if not found:
+        groups = sorted({n.rsplit("-", 1)[0] for n in DATASETS if "-" in n})
         raise DataError(
-            f"{dataset}: raw folder {root} does not exist. Expected: {EXPECTED_LAYOUT[dataset]}."
+            f"unknown data set {name!r}; valid: {', '.join(DATASETS)}, or a group "
+            f"({', '.join(groups)})."
         )
-    if dataset == "nthu" and city not in NTHU_CITIES:
-        raise DataError(f"nthu: unknown city {city!r}; valid: {list(NTHU_CITIES)}.")
-    lists = resolve(dataset, split_lists, city)
-    if dataset == "gta5":
-        layout = _flat_layout(dataset, root, "images", "labels", lists, skip_missing)
-    elif dataset == "synthia":
-        layout = _flat_layout(dataset, root, "RGB", Path("GT") / "LABELS", lists, skip_missing)
-    elif dataset == "cityscapes":
-        layout = _cityscapes_layout(root, lists, skip_missing)
-    else:
-        layout = _nthu_layout(root, city, lists, skip_missing)
-    layout.splits = {k: v for k, v in layout.splits.items() if v}
-    if not layout.splits:
-        reasons = "; ".join(f"{p}: {why}" for p, why in layout.skipped[:5])
-        raise DataError(
-            f"{dataset}: no usable image/label pair in {root} "
-            f"({len(layout.skipped)} files skipped{': ' + reasons if reasons else ''}). "
-            f"Expected: {EXPECTED_LAYOUT[dataset]}."
-        )
-    return layout
+    return found
+
+
+def raw_flags() -> list[str]:
+    """The raw-folder arguments of msjax.reproduce, one per download ('nthu': every city)."""
+    return list(dict.fromkeys(d.raw.flag for d in DATASETS.values() if d.raw))

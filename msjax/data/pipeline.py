@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from msjax.data import builders, hide_gpus_from_tensorflow, labels
+from msjax.data import builders, datasets, hide_gpus_from_tensorflow, labels
 from msjax.data.augment import augment
 from msjax.data.normalize import NORMALIZATIONS, check_normalization, denormalize, normalize
 from msjax.errors import DataError
@@ -55,10 +55,9 @@ class DataConfig:
     """What one stream reads and how it augments it.
 
     Attributes:
-      dataset: prepared data set name: gta5, synthia, cityscapes, nthu, synthetic_source,
-        synthetic_target.
-      config: its config (resolution), e.g. "1280x720", "rome_1024x512", "full". "full"
-        keeps native sizes, which vary in GTA5: batch them only with batch_size 1 or a crop.
+      dataset: a data set name (msjax.data.datasets), e.g. "gta5", "nthu-rome".
+      size: its prepared size, e.g. "1280x720", or "full", which keeps native sizes (they
+        vary in GTA5: batch them only with batch_size 1 or a crop).
       split: split name ("train", "val", "test").
       batch_size: examples per batch on this host.
       seed: base seed of shuffling and augmentation.
@@ -74,7 +73,7 @@ class DataConfig:
     """
 
     dataset: str
-    config: str
+    size: str
     split: str = "train"
     batch_size: int = 1
     seed: int = 0
@@ -119,7 +118,7 @@ class DataConfig:
 
     def validate(self) -> None:
         """Checks names and values; raises DataError naming the field."""
-        builders.check_config(self.dataset, self.config)
+        datasets.check_size(datasets.get(self.dataset), self.size)
         if self.num_classes not in labels.VALID_NUM_CLASSES:
             raise DataError(
                 f"data.num_classes={self.num_classes}; valid: {list(labels.VALID_NUM_CLASSES)}."
@@ -172,7 +171,7 @@ def _full_steps(cfg: DataConfig, total: int, count: int) -> int:
     steps = (total // count) // cfg.batch_size
     if steps == 0:
         raise DataError(
-            f"{cfg.dataset}/{cfg.config} split {cfg.split!r} gives each of {count} "
+            f"{cfg.dataset}/{cfg.size} split {cfg.split!r} gives each of {count} "
             f"hosts at least {total // count} examples, fewer than batch_size={cfg.batch_size}."
         )
     return steps
@@ -182,10 +181,10 @@ def _without_model_autotuning(ds):
     """`ds` without tf.data's model-based autotuning; AUTOTUNE values keep their plain meaning.
 
     With the autotuning model, destroying an iterator waits for the model's optimisation
-    thread, which sleeps between its rounds: closing a stream took 0-19 s
-    (docs/reliability.md). Without it, a map with AUTOTUNE runs as many calls in parallel
-    as the machine has cores and a prefetch AUTOTUNE buffer grows when the consumer waits,
-    and closing takes milliseconds. The batches are the same either way (deterministic maps).
+    thread, which sleeps between its rounds: closing a stream took seconds (docs/reliability.md
+    has the figures). Without it, a map with AUTOTUNE runs as many calls in parallel as the
+    machine has cores and a prefetch AUTOTUNE buffer grows when the consumer waits, and
+    closing takes milliseconds. The batches are the same either way (deterministic maps).
     """
     options = tf.data.Options()
     options.autotune.enabled = False
@@ -203,7 +202,7 @@ def full_epoch_steps(cfg, shards: int = 1) -> int:
       The smallest slice's size divided by the batch size (what `epoch_steps=0` gives).
     """
     cfg = DataConfig.create(cfg)
-    builder = builders.load_builder(cfg.dataset, cfg.config, cfg.data_dir)
+    builder = builders.load_builder(cfg.dataset, cfg.size, cfg.data_dir)
     return _full_steps(cfg, _split_size(builder, cfg.split), shards)
 
 
@@ -277,7 +276,7 @@ class TrainStream(Iterator):
 
     def __init__(self, cfg: DataConfig, start_step: int, process_index: int, process_count: int):
         self.cfg = cfg
-        self.builder = builders.load_builder(cfg.dataset, cfg.config, cfg.data_dir)
+        self.builder = builders.load_builder(cfg.dataset, cfg.size, cfg.data_dir)
         self._spec, self.num_examples, total = _host_slice(
             self.builder, cfg.split, process_index, process_count
         )
@@ -286,7 +285,7 @@ class TrainStream(Iterator):
         if cfg.epoch_steps > self.full_steps_per_epoch:
             raise DataError(
                 f"data.epoch_steps={cfg.epoch_steps} is more than a full pass of "
-                f"{cfg.dataset}/{cfg.config}/{cfg.split} ({self.full_steps_per_epoch} batches "
+                f"{cfg.dataset}/{cfg.size}/{cfg.split} ({self.full_steps_per_epoch} batches "
                 f"of {cfg.batch_size} on each of {process_count} hosts)."
             )
         self.steps_per_epoch = cfg.epoch_steps or self.full_steps_per_epoch
@@ -515,7 +514,7 @@ class EvalStream:
 
     def __init__(self, cfg: DataConfig, process_index: int, process_count: int, with_ids: bool):
         self.cfg = cfg
-        self.builder = builders.load_builder(cfg.dataset, cfg.config, cfg.data_dir)
+        self.builder = builders.load_builder(cfg.dataset, cfg.size, cfg.data_dir)
         self._spec, self.num_examples, total = _host_slice(
             self.builder, cfg.split, process_index, process_count
         )

@@ -1,6 +1,6 @@
 """Preparing data sets: raw download folders (or the generator) -> prepared TFDS data sets.
 
-`prepare_one(dataset, config, data_dir, raw_dir)` builds one config of one data set and
+`prepare_one(dataset, size, data_dir, raw_dir)` builds one size of one data set and
 returns a summary; `format_summary` turns it into the closing report of
 `python -m msjax.prepare` (pairs prepared, the list that defined each split and how many
 listed pairs were missing on disk, pairs skipped with the reason, the stored label
@@ -17,52 +17,15 @@ import shutil
 from pathlib import Path
 
 from msjax import outputs
-from msjax.data import datasets, labels
-from msjax.data.synthetic import SYNTHETIC_DATASETS
+from msjax.data import datasets, labels, layouts
 from msjax.errors import DataError
 
 MAX_LISTED = 10  # skipped files listed per reason in the summary
 
 
-def _nthu_cities(raw_dir) -> list[str]:
-    """Cities present in an NTHU root folder (for configs given without a city)."""
-    root = Path(raw_dir or ".").expanduser()
-    if (root / "Images").is_dir():
-        raise DataError(
-            f"nthu: {root} is a single city folder; name the city in --config, e.g. "
-            f"--config rome_1024x512 (cities: {list(datasets.NTHU_CITIES)})."
-        )
-    present = {p.name.lower() for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
-    cities = [c for c in datasets.NTHU_CITIES if c in present]
-    if not cities:
-        raise DataError(
-            f"nthu: no city folder in {root}. Expected: {datasets.EXPECTED_LAYOUT['nthu']}."
-        )
-    return cities
-
-
-def expand_configs(dataset: str, configs, builders, raw_dir=None) -> list[str]:
-    """Default configs, and shorthands for several configs.
-
-    NTHU: "rome" -> rome_1024x512, "1024x512" -> every city present. A corrupted synthetic
-    set (synthetic_fog, synthetic_noise): a size "128x64" -> s1_128x64, s2_128x64, s3_128x64.
-    """
-    if dataset == "nthu" and not configs:
-        configs = ["1024x512"]
-    if not configs:
-        return list(builders.DEFAULT_CONFIGS[dataset])
-    out = []
-    for name in configs:
-        if dataset == "nthu" and name in datasets.NTHU_CITIES:
-            out.append(f"{name}_1024x512")
-        elif dataset == "nthu" and f"rome_{name}" in builders.config_names("nthu"):
-            out.extend(f"{city}_{name}" for city in _nthu_cities(raw_dir))
-        elif f"s1_{name}" in builders.config_names(dataset):
-            out.extend(c for c in builders.config_names(dataset) if c.endswith(f"_{name}"))
-        else:
-            builders.check_config(dataset, name)
-            out.append(name)
-    return out
+def default_sizes(dataset: str) -> list[str]:
+    """The sizes `msjax.prepare` prepares when none is given: the data set's training size."""
+    return [datasets.get(dataset).sizes[0]]
 
 
 def parse_split_lists(items) -> dict[str, Path]:
@@ -86,7 +49,7 @@ def _progress(desc: str, enabled: bool):
 
 def prepare_one(
     dataset: str,
-    config: str,
+    size: str,
     data_dir,
     raw_dir=None,
     split_lists="original",
@@ -96,11 +59,11 @@ def prepare_one(
     max_examples: int | None = None,
     skip_bad: bool = False,
 ) -> dict:
-    """Prepares one config of one data set.
+    """Prepares one size of one data set.
 
     Args:
-      dataset: a builder name (gta5, synthia, cityscapes, nthu, synthetic_source, ...).
-      config: a config name of that builder.
+      dataset: a data set name (msjax.data.datasets: gta5, nthu-rome, synthetic-fog-2, ...).
+      size: one of its sizes ('1280x720', 'full').
       data_dir: output folder (TFDS data_dir).
       raw_dir: the raw download folder (not used by the synthetic sets).
       split_lists: which lists define the splits: "original" (the original's lists, shipped
@@ -115,7 +78,7 @@ def prepare_one(
         of stopping.
 
     Returns:
-      A summary dict: dataset, config, path, splits (name -> count), split_lists (what
+      A summary dict: dataset, size, path, splits (name -> count), split_lists (what
       defined the splits: builders.split_lists_metadata), skipped ((path, reason) list),
       resized_labels (labels of another size than their image), histogram (256 pixel
       counts of train ids), outside_pixels, outside_files, raw_sizes (Counter of (w, h)),
@@ -123,21 +86,22 @@ def prepare_one(
     """
     from msjax.data import builders
 
-    builders.check_config(dataset, config)
-    layout = _raw_layout(dataset, config, raw_dir, split_lists, skip_bad)
+    entry = datasets.get(dataset)
+    datasets.check_size(entry, size)
+    layout = _raw_layout(entry, raw_dir, split_lists, skip_bad)
 
     def make_builder(root):
         return builders.builder_class(dataset)(
             data_dir=os.fspath(root),
-            config=config,
+            config=size,
             layout=layout,
-            progress=_progress(f"{dataset}/{config}", progress),
+            progress=_progress(f"{dataset}/{size}", progress),
             num_workers=num_workers,
             skip_bad=skip_bad,
         )
 
     builder = make_builder(Path(data_dir).expanduser().absolute())
-    summary = dict(dataset=dataset, config=config, path=builder.data_dir, already=False)
+    summary = dict(dataset=dataset, size=size, path=builder.data_dir, already=False)
     import tensorflow_datasets as tfds
 
     if (Path(builder.data_dir) / "dataset_info.json").is_file() and not overwrite:
@@ -158,16 +122,13 @@ def prepare_one(
     return summary
 
 
-def _raw_layout(dataset: str, config: str, raw_dir, split_lists, skip_bad: bool):
-    """The raw folder's pairs per split (None for the generated synthetic sets)."""
-    if dataset in SYNTHETIC_DATASETS:
+def _raw_layout(dataset: datasets.DataSet, raw_dir, split_lists, skip_bad: bool):
+    """The raw folder's pairs per split (None for generated data sets)."""
+    if dataset.generated:
         return None
     if raw_dir is None:
-        raise DataError(f"{dataset}: RAW_DIR is required ({datasets.EXPECTED_LAYOUT[dataset]}).")
-    city = config.split("_")[0] if dataset == "nthu" else None
-    return datasets.discover(
-        dataset, raw_dir, city=city, split_lists=split_lists, skip_missing=skip_bad
-    )
+        raise DataError(f"{dataset.name}: RAW_DIR is required ({dataset.raw.expected}).")
+    return layouts.discover(dataset, raw_dir, split_lists=split_lists, skip_missing=skip_bad)
 
 
 def _build_facts(builder, layout) -> dict:
@@ -192,7 +153,7 @@ def _build_facts(builder, layout) -> dict:
 def _lists_line(s: dict) -> str:
     """Which list defined each split, and how many listed pairs were missing on disk."""
     lists = s.get("split_lists")
-    if s["dataset"] in SYNTHETIC_DATASETS:
+    if datasets.get(s["dataset"]).generated:
         return "splits: generated"
     if lists == "none":
         return "splits: as the raw folders give them (no split lists)"
@@ -211,7 +172,7 @@ def build_and_swap(make_builder, final: Path, download_config):
 
     Args:
       make_builder: data dir -> a builder of the data set and config.
-      final: DATA/<dataset>/<config>/<version>, prepared or not.
+      final: DATA/<builder>/<size>/<version>, prepared or not.
       download_config: TFDS's DownloadConfig (manual dir, caps, no statistics).
 
     Returns:
@@ -235,7 +196,7 @@ def build_and_swap(make_builder, final: Path, download_config):
 
 def format_summary(s: dict) -> str:
     """Human-readable closing summary of `prepare_one`."""
-    lines = [f"{s['dataset']}/{s['config']} -> {s['path']}"]
+    lines = [f"{s['dataset']} {s['size']} -> {s['path']}"]
     splits = ", ".join(f"{k}: {v}" for k, v in sorted(s["splits"].items()))
     if s["already"]:
         return (

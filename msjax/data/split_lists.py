@@ -11,7 +11,9 @@ on (docs/data.md). A list holds one entry per line, in either format:
   `frankfurt/frankfurt_000000_000294_leftImg8bit.png`); only the first word of a line counts.
 
 Nothing here reads pixels: `resolve` turns the user's choice into `SplitList`s and
-`entry_key` turns one entry into the key of a raw pair (msjax.data.datasets matches them).
+`entry_key` turns one entry into the key of a raw pair (msjax.data.layouts matches them).
+Which lists ship with a data set, and how its ids are written, is in its entry of
+`msjax.data.datasets` (`Raw.lists`, `Raw.id_digits`, `Raw.split_in_ids`).
 """
 
 import dataclasses
@@ -22,16 +24,7 @@ from pathlib import Path
 
 from msjax.errors import DataError
 
-# Split -> list file inside msjax/data/lists, per data set; NTHU's are per city.
-ORIGINAL_LISTS = {
-    "gta5": {"train": "gta5/train.txt", "val": "gta5/val.txt"},
-    "synthia": {"train": "synthia/train.txt", "val": "synthia/val.txt"},
-    "cityscapes": {"train": "cityscapes/train.txt", "val": "cityscapes/val.txt"},
-    "nthu": {"train": "nthu/{City}/train.txt", "test": "nthu/{City}/test.txt"},
-}
 MODES = ("original", "none")  # --split-lists
-# Digits of the file names the original formats its integer ids into.
-_ID_DIGITS = {"gta5": 5, "synthia": 7}
 _SUFFIX = re.compile(r"(_leftImg8bit|_gtFine_labelIds|_eval)?\.(png|jpe?g)$", re.IGNORECASE)
 _CITYSCAPES_ID = re.compile(r"(train|val|test)_(.+)")
 
@@ -78,25 +71,23 @@ def read_split_list(path) -> tuple[str, ...]:
     return _entries(path.read_text())
 
 
-def original_lists(dataset: str, city: str | None = None) -> dict[str, SplitList]:
-    """The original's lists of a data set (NTHU: of one city), split -> SplitList."""
+def original_lists(dataset) -> dict[str, SplitList]:
+    """The original's lists of a data set (its `Raw.lists`), split -> SplitList."""
     out = {}
-    for split, rel in ORIGINAL_LISTS.get(dataset, {}).items():
-        rel = rel.format(City=(city or "").capitalize())
+    for split, rel in dataset.raw.lists.items():
         text = lists_folder().joinpath(*rel.split("/")).read_text()
         out[split] = SplitList(split, f"original {rel}", _entries(text))
     return out
 
 
-def resolve(dataset: str, split_lists, city: str | None = None) -> dict[str, SplitList] | None:
+def resolve(dataset, split_lists) -> dict[str, SplitList] | None:
     """The lists that define a data set's splits.
 
     Args:
-      dataset: gta5, synthia, cityscapes or nthu.
+      dataset: a read data set's entry (msjax.data.datasets.DataSet).
       split_lists: "original" (the shipped lists), "none" or None (no lists: the folders'
         own splits, every GTA5/SYNTHIA pair in train), or a mapping split -> list file (only
         those splits are prepared).
-      city: the NTHU city.
 
     Returns:
       split -> SplitList, or None for no lists.
@@ -104,7 +95,7 @@ def resolve(dataset: str, split_lists, city: str | None = None) -> dict[str, Spl
     if split_lists is None or split_lists == "none":
         return None
     if split_lists == "original":
-        return original_lists(dataset, city)
+        return original_lists(dataset)
     if isinstance(split_lists, Mapping) and split_lists:
         return {
             split: SplitList(split, str(path), read_split_list(path))
@@ -115,11 +106,11 @@ def resolve(dataset: str, split_lists, city: str | None = None) -> dict[str, Spl
     )
 
 
-def entry_key(dataset: str, entry: str) -> tuple[str | None, str]:
+def entry_key(dataset, entry: str) -> tuple[str | None, str]:
     """(folder split or None, pair key) of a list entry, in the original's format or a stem.
 
     Args:
-      dataset: gta5, synthia, cityscapes or nthu.
+      dataset: a read data set's entry (msjax.data.datasets.DataSet).
       entry: one entry as written.
 
     Returns:
@@ -127,9 +118,10 @@ def entry_key(dataset: str, entry: str) -> tuple[str | None, str]:
       key of the raw pair (its file stem, e.g. `00001`, `aachen_000000_000019`).
     """
     name = _SUFFIX.sub("", entry.replace("\\", "/").rsplit("/", 1)[-1])
-    if dataset in _ID_DIGITS and name.isdigit():
-        return None, f"{int(name):0{_ID_DIGITS[dataset]}d}"
-    if dataset == "cityscapes":
+    digits = dataset.raw.id_digits
+    if digits and name.isdigit():
+        return None, f"{int(name):0{digits}d}"
+    if dataset.raw.split_in_ids:
         match = _CITYSCAPES_ID.fullmatch(name)
         if match:
             return match.group(1), match.group(2)

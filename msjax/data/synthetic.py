@@ -49,9 +49,6 @@ SEVERITIES = (1, 2, 3)
 _FOG_GREY = 170.0
 # Every domain `render` draws: the two styles and "<family>-<severity>".
 DOMAINS = STYLES + tuple(f"{f}-{s}" for f in CORRUPTIONS for s in SEVERITIES)
-# The prepared data sets made from these scenes (msjax.data.builders): one per style, one
-# per corruption family (a config per severity and size).
-SYNTHETIC_DATASETS = ("synthetic_source", "synthetic_target", "synthetic_fog", "synthetic_noise")
 
 # Mean colour of each class in the source style (RGB): flat, saturated, well separated.
 _SOURCE_PALETTE = {
@@ -212,20 +209,6 @@ def parse_domain(domain: str) -> tuple[str, int]:
     if family not in CORRUPTIONS or severity not in {str(s) for s in SEVERITIES}:
         raise ValueError(f"unknown synthetic domain {domain!r}; valid: {list(DOMAINS)}")
     return family, int(severity)
-
-
-def dataset_config(domain: str, size: str) -> tuple[str, str]:
-    """The prepared data set (msjax.data.builders) and config that hold a domain's scenes.
-
-    Args:
-      domain: one of DOMAINS, e.g. "target" or "fog-2".
-      size: "WxH", e.g. "192x96".
-
-    Returns:
-      (data set name, config name), e.g. ("synthetic_fog", "s2_192x96").
-    """
-    family, severity = parse_domain(domain)
-    return f"synthetic_{family}", f"s{severity}_{size}" if severity else size
 
 
 def render(

@@ -212,8 +212,8 @@ def make_eval_step(
     model: DeepLabV2,
     num_classes: int,
     views=SINGLE_VIEW,
-    return_predictions=False,
     precision: str = DEFAULT_PRECISION,
+    extra=None,
 ):
     """A jitted evaluation step: predictions at the label's size, and their confusion matrix.
 
@@ -221,22 +221,26 @@ def make_eval_step(
       model: a DeepLabV2 (static).
       num_classes: C of the confusion matrix.
       views: test-time augmentation.
-      return_predictions: also return the int32 predictions (for writing label PNGs).
       precision: matmul/convolution precision, one of PRECISIONS.
+      extra: optional `fn(variables, images, label, mask, pred, confidence) -> {name: array}`
+        of more per-batch sums (msjax.evaluation.loop adds them up over the split).
 
     Returns:
-      jitted `step(variables, images, labels, mask) -> matrix` (int32 [C, C]) or
-      `(matrix, predictions)`; the logits are upsampled to `labels.shape[1:3]`, so the
-      same step serves both protocols.
+      jitted `step(variables, images, labels, mask) -> {'matrix': int32 [C, C], 'pred': int32
+      [N, h, w], **extra}`; the logits are upsampled to `labels.shape[1:3]`, so the same step
+      serves both protocols.
     """
 
     _check_precision(precision)
 
     def step(variables, images, label, mask):
         with jax.default_matmul_precision(precision):
-            pred, _ = predict(model, variables, images, label.shape[1:3], views)
+            pred, conf = predict(model, variables, images, label.shape[1:3], views)
         matrix = metrics.confusion_matrix(pred, label, num_classes, mask=mask)
-        return (matrix, pred) if return_predictions else matrix
+        out = {"matrix": matrix, "pred": pred}
+        if extra is not None:
+            out.update(extra(variables, images, label, mask, pred, conf))
+        return out
 
     return jax.jit(step, compiler_options=xla.compiler_options(model.compile_platform))
 

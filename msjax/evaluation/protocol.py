@@ -30,6 +30,7 @@ import numpy as np
 from msjax.data import datasets
 from msjax.errors import ConfigError, DataError
 from msjax.evaluation import inference, metrics
+from msjax.evaluation.loop import evaluate_split
 
 PROTOCOLS = ("original", "full")
 PROTOCOL_TEXT = {
@@ -44,95 +45,61 @@ class Setting:
     """Where the images and labels of one evaluation come from.
 
     Attributes:
-      dataset: the CLI name ('cityscapes', 'nthu-rome', ...).
-      builder: the prepared data set ('cityscapes', 'nthu').
+      dataset: the data set's entry (msjax.data.datasets).
       split: split name.
-      image_config: prepared config of the images fed to the network.
-      label_config: prepared config of the labels compared with.
-      class_counts: checkpoint class counts that fit the data set.
+      image_size: prepared size of the images fed to the network.
+      label_size: prepared size of the labels compared with.
     """
 
-    dataset: str
-    builder: str
+    dataset: datasets.DataSet
     split: str
-    image_config: str
-    label_config: str
-    class_counts: tuple[int, ...]
+    image_size: str
+    label_size: str
 
 
-def _synthetic_builder(dataset: str) -> tuple[str, str]:
-    """(builder, config prefix) of 'synthetic' (the "real" style) or 'synthetic-<domain>'."""
-    from msjax.data import synthetic
-
-    domain = "target" if dataset == "synthetic" else dataset.removeprefix("synthetic-")
-    try:
-        family, severity = synthetic.parse_domain(domain)
-    except ValueError:
-        family = None
-    if family is None or family == "source":
-        corrupted = [f"synthetic-{d}" for d in synthetic.DOMAINS[2:]]
-        raise ConfigError(
-            f"--dataset {dataset!r}: the synthetic data sets are 'synthetic' (the \"real\" "
-            f"style) and {corrupted}."
-        )
-    return f"synthetic_{family}", f"s{severity}_" if severity else ""
+def default_input_size(dataset: datasets.DataSet) -> str:
+    """The paper's 1024x512 where the data set has it, else its own default size."""
+    return DEFAULT_INPUT_SIZE if DEFAULT_INPUT_SIZE in dataset.sizes else dataset.sizes[0]
 
 
-def resolve(dataset: str, protocol: str, split: str | None, input_size: str) -> Setting:
+def resolve(dataset: str, protocol: str, split: str | None, input_size: str | None) -> Setting:
     """Checks the flags and names the prepared data each evaluation reads.
 
     Args:
-      dataset: 'cityscapes' or 'nthu-CITY' (CITY in rome, rio, tokyo, taipei).
+      dataset: a data set name (msjax.data.datasets), e.g. 'cityscapes' or 'nthu-rome'.
       protocol: 'original' or 'full'.
       split: split name, or None for the data set's evaluation split (val / test).
-      input_size: 'WxH' the images were prepared at (a config of the data set).
+      input_size: 'WxH' the images were prepared at, or None (`default_input_size`).
 
     Returns:
       A Setting.
     """
-    from msjax.data import builders
-
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol {protocol!r}: valid protocols are {list(PROTOCOLS)}.")
-    cities = [f"nthu-{c}" for c in datasets.NTHU_CITIES]
-    if dataset == "cityscapes":
-        builder, prefix, default_split, counts = "cityscapes", "", "val", (19, 16, 13)
-    elif dataset in cities:
-        city = dataset.split("-", 1)[1]
-        builder, prefix, default_split, counts = "nthu", f"{city}_", "test", (13,)
-    elif dataset == "synthetic" or dataset.startswith("synthetic-"):
-        # The "real"-style target or a corrupted domain ('synthetic-fog-2') of
-        # msjax.data.synthetic. Smoke runs of every setting (19, 16 or 13 classes) are scored
-        # on them.
-        builder, prefix = _synthetic_builder(dataset)
-        default_split, counts = "val", (19, 16, 13)
-        if protocol == "full":
-            raise ConfigError(
-                "--dataset synthetic has no native-size labels: use --protocol "
-                "original with --input-size 128x64, 192x96 or 256x128."
-            )
-    else:
-        valid = ["cityscapes", *cities, "synthetic", "synthetic-fog-2 (any corrupted domain)"]
-        raise ConfigError(f"--dataset {dataset!r}: valid data sets are {valid}.")
-    image_config = f"{prefix}{input_size}"
-    names = [c for c in builders.config_names(builder) if c.startswith(prefix)]
-    valid = [c[len(prefix) :] for c in names if c != f"{prefix}full"]
-    if image_config not in builders.config_names(builder) or input_size == "full":
-        raise ConfigError(f"--input-size {input_size!r}: {dataset} images come in {valid}.")
-    label_config = image_config if protocol == "original" else f"{prefix}full"
-    return Setting(dataset, builder, split or default_split, image_config, label_config, counts)
+    entry = datasets.get(dataset, "--dataset")
+    if protocol == "full" and entry.generated:
+        raise ConfigError(
+            f"--dataset {dataset} is generated at the prepared size and has no native-size "
+            f"labels: use --protocol original (sizes {', '.join(entry.sizes)})."
+        )
+    size = input_size or default_input_size(entry)
+    if size not in entry.sizes:
+        raise ConfigError(f"--input-size {size!r}: {dataset} images come in {list(entry.sizes)}.")
+    label_size = size if protocol == "original" else datasets.FULL
+    return Setting(entry, split or entry.eval_split, size, label_size)
 
 
 def check_classes(metadata: dict, setting: Setting, checkpoint: str) -> int:
     """The checkpoint's class count, or an ConfigError if it does not fit the data set."""
     num_classes = metadata.get("num_classes")
-    if num_classes not in setting.class_counts:
-        fits = " or ".join(str(c) for c in setting.class_counts)
+    counts = setting.dataset.class_counts
+    if num_classes not in counts:
+        fits = " or ".join(str(c) for c in counts)
         raise ConfigError(
-            f"{checkpoint}/metadata.json says num_classes={num_classes}, but {setting.dataset} "
-            f"is evaluated with {fits} classes (19 = GTA5 -> Cityscapes, 16 = SYNTHIA -> "
-            "Cityscapes, 13 = the cross-city and mIoU* class set). Check --checkpoint and "
-            "--dataset."
+            f"{checkpoint}/metadata.json says num_classes={num_classes}, but "
+            f"{setting.dataset.name} is evaluated with {fits} classes (19 = GTA5 -> "
+            "Cityscapes, 16 = SYNTHIA -> Cityscapes, 13 = the cross-city and mIoU* class "
+            "set). Check --checkpoint and --dataset."
         )
     return num_classes
 
@@ -147,9 +114,11 @@ def batches(setting: Setting, data_dir, batch_size: int, num_classes: int, norma
     """
     from msjax.data import pipeline
 
-    def stream(config):
+    name = setting.dataset.name
+
+    def stream(size):
         return pipeline.make_eval_stream(
-            dict(dataset=setting.builder, config=config, split=setting.split),
+            dict(dataset=name, size=size, split=setting.split),
             data_dir=os.fspath(data_dir),
             batch_size=batch_size,
             num_classes=num_classes,
@@ -159,24 +128,24 @@ def batches(setting: Setting, data_dir, batch_size: int, num_classes: int, norma
             with_ids=True,
         )
 
-    images = stream(setting.image_config)
-    if setting.label_config == setting.image_config:
+    images = stream(setting.image_size)
+    if setting.label_size == setting.image_size:
         return len(images), iter(images), images.num_examples
-    labels_ = stream(setting.label_config)
+    labels_ = stream(setting.label_size)
     if labels_.num_examples != images.num_examples:
         raise DataError(
-            f"{setting.builder}/{setting.image_config} has {images.num_examples} {setting.split} "
-            f"examples but {setting.builder}/{setting.label_config} has {labels_.num_examples}; "
-            "prepare both from the same raw folder."
+            f"{name} {setting.image_size} has {images.num_examples} {setting.split} examples "
+            f"but {name} {setting.label_size} has {labels_.num_examples}; prepare both from "
+            "the same raw folder."
         )
 
     def zipped():
         for a, b in zip(images, labels_, strict=True):
             if not np.array_equal(a["id"], b["id"]):
                 raise DataError(
-                    f"{setting.builder}: configs {setting.image_config} and "
-                    f"{setting.label_config} list examples in different orders "
-                    f"({a['id'][0]!r} vs {b['id'][0]!r}); prepare both again."
+                    f"{name}: sizes {setting.image_size} and {setting.label_size} list "
+                    f"examples in different orders ({a['id'][0]!r} vs {b['id'][0]!r}); "
+                    "prepare both again."
                 )
             yield dict(a, label=b["label"])
 
@@ -196,7 +165,7 @@ def evaluate(
     protocol: str = "original",
     views: inference.Views = inference.SINGLE_VIEW,
     split: str | None = None,
-    input_size: str = DEFAULT_INPUT_SIZE,
+    input_size: str | None = None,
     batch_size: int = 1,
     predictions_dir=None,
     precision: str = inference.DEFAULT_PRECISION,
@@ -206,12 +175,12 @@ def evaluate(
 
     Args:
       checkpoint: a weights folder (`msjax.weights` format: metadata.json + variables/).
-      dataset: 'cityscapes' or 'nthu-CITY'.
+      dataset: a data set name, e.g. 'cityscapes' or 'nthu-rome'.
       data_dir: the `--data-dir` the data set was prepared into.
       protocol: 'original' or 'full'.
       views: flip and scales averaged at test time.
-      split: split name (default val for Cityscapes, test for NTHU).
-      input_size: 'WxH' the network sees.
+      split: split name (default: the data set's evaluation split).
+      input_size: 'WxH' the network sees (default: `default_input_size`).
       batch_size: images per step.
       predictions_dir: if given, write Cityscapes label-id PNGs of the predictions there.
       precision: 'highest' (true float32) or 'default' (TF32 convolutions on recent GPUs).
@@ -233,15 +202,16 @@ def evaluate(
         setting, data_dir, batch_size, num_classes, normalization
     )
     model, variables = weights.load(os.fspath(checkpoint))
-    save = predictions_dir is not None
-    step = inference.make_eval_step(model, num_classes, views, save, precision)
+    step = inference.make_eval_step(model, num_classes, views, precision)
     start = time.perf_counter()
     if progress:
         from tqdm import tqdm
 
         desc = f"{dataset} {setting.split}"
         stream = tqdm(stream, total=num_batches, desc=desc, unit="batch", file=sys.stderr)
-    matrix, image_hw, label_hw = _accumulate(stream, step, variables, num_classes, predictions_dir)
+    seen = _Shapes(num_classes, predictions_dir)
+    matrix, _ = evaluate_split(step, variables, stream, num_classes, on_batch=seen)
+    image_hw, label_hw = seen.image_hw, seen.label_hw
     seconds = time.perf_counter() - start
     return {
         "checkpoint": os.path.abspath(checkpoint),
@@ -250,9 +220,9 @@ def evaluate(
         "split": setting.split,
         "protocol": protocol,
         "protocol_text": PROTOCOL_TEXT[protocol].format(
-            size=input_size, label=f"{label_hw[1]}x{label_hw[0]}" if label_hw else "?"
+            size=setting.image_size, label=f"{label_hw[1]}x{label_hw[0]}" if label_hw else "?"
         ),
-        "input_size": input_size,
+        "input_size": setting.image_size,
         "image_hw": list(image_hw) if image_hw else None,
         "label_hw": list(label_hw) if label_hw else None,
         "views": {"flip": views.flip, "scales": list(views.scales), "text": views.describe()},
@@ -264,32 +234,28 @@ def evaluate(
     }
 
 
-def _accumulate(stream, step, variables, num_classes: int, predictions_dir):
-    """(int64 confusion matrix, image (h, w), label (h, w)) of one pass over `stream`.
+class _Shapes:
+    """`evaluate_split`'s on_batch: notes the image and label sizes and, with
+    `predictions_dir`, writes every real (unpadded) prediction as a label-id PNG there."""
 
-    With `predictions_dir`, every real (unpadded) prediction is also written there as a
-    Cityscapes label-id PNG.
-    """
-    from PIL import Image
+    def __init__(self, num_classes: int, predictions_dir):
+        self.num_classes, self.predictions_dir = num_classes, predictions_dir
+        self.image_hw = self.label_hw = None
+        if predictions_dir is not None:
+            Path(predictions_dir).mkdir(parents=True, exist_ok=True)
 
-    from msjax.evaluation import visualize
+    def __call__(self, batch: dict, out: dict) -> None:
+        from PIL import Image
 
-    if predictions_dir is not None:
-        Path(predictions_dir).mkdir(parents=True, exist_ok=True)
-    acc = metrics.ConfusionAccumulator(num_classes)
-    image_hw = label_hw = None
-    for batch in stream:
-        image_hw, label_hw = batch["image"].shape[1:3], batch["label"].shape[1:3]
-        out = step(variables, batch["image"], batch["label"], batch["mask"])
-        matrix, pred = out if predictions_dir is not None else (out, None)
-        acc.add(matrix, pixels=batch["label"].size)
-        if predictions_dir is None:
-            continue
-        ids = visualize.to_cityscapes_ids(np.asarray(pred), num_classes)
+        from msjax.evaluation import visualize
+
+        self.image_hw, self.label_hw = batch["image"].shape[1:3], batch["label"].shape[1:3]
+        if self.predictions_dir is None:
+            return
+        ids = visualize.to_cityscapes_ids(np.asarray(out["pred"]), self.num_classes)
         for key, keep, img in zip(batch["id"], batch["mask"], ids, strict=True):
             if keep:
-                Image.fromarray(img).save(Path(predictions_dir) / _prediction_name(key))
-    return acc.result(), image_hw, label_hw
+                Image.fromarray(img).save(Path(self.predictions_dir) / _prediction_name(key))
 
 
 def default_out_dir(checkpoint, dataset: str, protocol: str, views: inference.Views) -> Path:

@@ -21,14 +21,8 @@ FLIP_NOTE = (
     "the flipped image's softmax); the original does not state whether the published numbers "
     "used it"
 )
-METHODS = ("source_only", "minent", "maxsquare", "maxsquare_iw", "maxsquare_iw_multi")
-METHOD_NAMES = {
-    "source_only": "Source only",
-    "minent": "MinEnt",
-    "maxsquare": "MaxSquare",
-    "maxsquare_iw": "MaxSquare+IW",
-    "maxsquare_iw_multi": "MaxSquare+IW+Multi",
-}
+# The methods (msjax.methods) the paper has numbers for, in its tables' order.
+METHODS = ("source", "minent", "maxsquare", "iw", "iw_multi")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +31,7 @@ class Published:
 
     Attributes:
       setting: e.g. "GTA5 -> Cityscapes".
-      method: a key of METHODS.
+      method: a method of msjax.methods, one of METHODS.
       miou: mIoU in percent over the setting's classes (19, 16 or 13).
       miou13: SYNTHIA only: the 13-class mIoU* in percent.
       per_class: per-class IoU in percent in the setting's class order, when published.
@@ -52,7 +46,9 @@ class Published:
     @property
     def label(self) -> str:
         """E.g. 'MaxSquare+IW+Multi (paper, GTA5 -> Cityscapes)'."""
-        return f"{METHOD_NAMES[self.method]} (paper, {self.setting})"
+        from msjax import methods
+
+        return f"{methods.METHODS[self.method].title} (paper, {self.setting})"
 
 
 _GTA5_IW_MULTI_PER_CLASS = (
@@ -60,10 +56,9 @@ _GTA5_IW_MULTI_PER_CLASS = (
     78.2, 63.0, 22.9, 84.6, 36.4, 43.0, 5.5, 34.7, 33.5,
 )  # fmt: skip
 
-_GTA5 = {"source_only": 36.9, "minent": 42.2, "maxsquare": 44.3, "maxsquare_iw": 45.2,
-         "maxsquare_iw_multi": 46.4}  # fmt: skip
-_SYNTHIA = {"source_only": (30.1, 34.3), "minent": (38.0, 44.5), "maxsquare": (39.3, 45.8),
-            "maxsquare_iw": (40.4, 46.9), "maxsquare_iw_multi": (41.4, 48.2)}  # fmt: skip
+_GTA5 = {"source": 36.9, "minent": 42.2, "maxsquare": 44.3, "iw": 45.2, "iw_multi": 46.4}
+_SYNTHIA = {"source": (30.1, 34.3), "minent": (38.0, 44.5), "maxsquare": (39.3, 45.8),
+            "iw": (40.4, 46.9), "iw_multi": (41.4, 48.2)}  # fmt: skip
 _CROSS_CITY = {  # source only / MaxSquare / MaxSquare+IW
     "rome": (51.0, 53.9, 54.5),
     "rio": (48.9, 52.0, 53.3),
@@ -80,7 +75,7 @@ def _table(dataset: str, num_classes: int) -> dict[str, Published]:
                 setting,
                 m,
                 v,
-                per_class=_GTA5_IW_MULTI_PER_CLASS if m == "maxsquare_iw_multi" else None,
+                per_class=_GTA5_IW_MULTI_PER_CLASS if m == "iw_multi" else None,
             )
             for m, v in _GTA5.items()
         }
@@ -92,8 +87,8 @@ def _table(dataset: str, num_classes: int) -> dict[str, Published]:
         if city in _CROSS_CITY:
             setting = f"Cityscapes -> {city.capitalize()}"
             values = _CROSS_CITY[city]
-            methods = ("source_only", "maxsquare", "maxsquare_iw")
-            return {m: Published(setting, m, v) for m, v in zip(methods, values, strict=True)}
+            names = ("source", "maxsquare", "iw")
+            return {m: Published(setting, m, v) for m, v in zip(names, values, strict=True)}
     return {}
 
 
@@ -101,7 +96,7 @@ def results(dataset: str, num_classes: int) -> list[Published]:
     """Every published result of a setting, in METHODS order.
 
     Args:
-      dataset: evaluation data set name as the CLI takes it: 'cityscapes' or 'nthu-CITY'.
+      dataset: the evaluation data set (msjax.data.datasets): 'cityscapes' or 'nthu-CITY'.
       num_classes: classes of the checkpoint.
 
     Returns:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from msjax import methods
 from msjax.evaluation import inference, published
 
 
@@ -60,7 +61,7 @@ def report_rows(results: dict, method: str | None = None) -> tuple[list, list[st
                           "1024x512), not this one: compare with care")  # fmt: skip
         header.append(f"note: {views_note(results['views'])}")
         others = [
-            f"{published.METHOD_NAMES[r.method]} {r.miou:.1f}"
+            f"{methods.METHODS[r.method].title} {r.miou:.1f}"
             + (f" / {r.miou13:.1f}" if r.miou13 is not None else "")
             for r in published.results(results["dataset"], s["num_classes"])
         ]

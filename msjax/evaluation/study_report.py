@@ -15,10 +15,11 @@ import os
 
 import numpy as np
 
-from msjax.training.study import TITLES, method_lambdas, run_name, study_runs
+from msjax.methods import METHODS
+from msjax.training.study import method_lambdas, run_name, study_runs
 
 # The paper's claims (b) and (c): IW improves on MaxSquare, Multi on IW.
-EXTENDS = {"iw_maxsquare": "maxsquare", "iw_multi": "iw_maxsquare"}
+EXTENDS = {"iw": "maxsquare", "iw_multi": "iw"}
 # Rare classes of the synthetic scenes (about 1-3% of the pixels each in every domain).
 RARE_CLASSES = ("person", "car", "vegetation")
 SOURCE_KEYS = ("source_val_miou", "miou", "easy_pixels", "easy_accuracy", "uncertain_accuracy",
@@ -74,7 +75,7 @@ def collect(config, workdir: str) -> list[dict]:
         if not os.path.isfile(os.path.join(folder, "results.json")):
             continue
         base = dict(seed=run.seed, method=run.method, lam=run.lam)
-        if run.method == "source":
+        if run.shift is None:
             with open(os.path.join(folder, "results.json")) as f:
                 source_val = json.load(f)["last_miou"]
             for shift in config.study.shifts:
@@ -84,7 +85,7 @@ def collect(config, workdir: str) -> list[dict]:
                         scores = json.load(f)
                     records.append(dict(base, shift=shift, source_val_miou=source_val, **scores))
             continue
-        source_scores = os.path.join(workdir, run_name(run.seed, "source"), "scores",
+        source_scores = os.path.join(workdir, run_name(run.seed, "source_multi"), "scores",
                                      f"{run.shift}.json")  # fmt: skip
         if not os.path.isfile(source_scores):
             continue
@@ -92,6 +93,10 @@ def collect(config, workdir: str) -> list[dict]:
             source_miou = json.load(f)["miou"]
         records.append(dict(base, shift=run.shift, **_adaptation_record(folder, source_miou)))
     return records
+
+
+def title(method: str) -> str:
+    return METHODS[method].title
 
 
 def _select(records, shift, method, lam) -> dict[int, dict]:
@@ -124,7 +129,7 @@ def method_rows(config, records: list[dict]) -> list[tuple[str, str, float | Non
     """(shift, method, lam) of every table row, in the config's order."""
     rows = []
     for shift in config.study.shifts:
-        rows.append((shift, "source", None))
+        rows.append((shift, "source_multi", None))
         rows += [(shift, method, lam) for method, lam in method_lambdas(config.study)]
     return [r for r in rows if _select(records, *r)]
 
@@ -153,8 +158,10 @@ def markdown(config, records: list[dict]) -> str:
             sd = f" ± {miou.std(ddof=1):.2f}" if miou.size > 1 else ""
             minent = _select(records, shift, "minent", lam) if lam is not None else {}
             minent = minent or _select(records, shift, "minent", main_lam)
-            vs_control = _fmt_diff(sel, control) if method not in ("control", "source") else ""
-            vs_minent = _fmt_diff(sel, minent) if method not in ("minent", "source") else ""
+            vs_control = (
+                _fmt_diff(sel, control) if method not in ("control", "source_multi") else ""
+            )
+            vs_minent = _fmt_diff(sel, minent) if method not in ("minent", "source_multi") else ""
             base = _select(records, shift, EXTENDS[method], lam) if method in EXTENDS else {}
             vs_base = _fmt_diff(sel, base) if base else ""
             ious = [
@@ -162,7 +169,7 @@ def markdown(config, records: list[dict]) -> str:
                 for c in RARE_CLASSES
             ]
             lines.append(
-                f"| {TITLES[method]} | {'' if lam is None else f'{lam:g}'} | {miou.size} | "
+                f"| {title(method)} | {'' if lam is None else f'{lam:g}'} | {miou.size} | "
                 f"{miou.mean():.2f}{sd} | {vs_control} | {vs_minent or '-'} | {vs_base} | "
                 + " | ".join(f"{v:.1f}" for v in ious)
                 + " |"
@@ -175,12 +182,12 @@ def seed_markdown(config, records: list[dict]) -> str:
     lines = []
     for shift in config.study.shifts:
         rows = [r for r in method_rows(config, records) if r[0] == shift]
-        methods = [(m, lam) for _, m, lam in rows if m not in ("source", "control")]
+        methods = [(m, lam) for _, m, lam in rows if m not in ("source_multi", "control")]
         control = _select(records, shift, "control", None)
-        source = _select(records, shift, "source", None)
+        source = _select(records, shift, "source_multi", None)
         if not control:
             continue
-        names = [f"{TITLES[m]} ({lam:g})" for m, lam in methods]
+        names = [f"{title(m)} ({lam:g})" for m, lam in methods]
         lines += [
             f"\nShift **{shift}**, per seed: mIoU (%) and each method's gain over the control "
             "of the same seed (points).\n",
@@ -212,7 +219,7 @@ def source_markdown(config, records: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for shift in config.study.shifts:
-        sel = list(_select(records, shift, "source", None).values())
+        sel = list(_select(records, shift, "source_multi", None).values())
         if not sel:
             continue
         mean = {k: 100 * np.mean([r[k] for r in sel]) for k in SOURCE_KEYS}.__getitem__
@@ -256,14 +263,14 @@ def plot_curves(config, records: list[dict], path: str) -> None:
         top, bottom = axes[0][col], axes[1][col]
         control = _select(records, shift, "control", None)
         seeds = set()
-        rows = [r for r in method_rows(config, records) if r[0] == shift and r[1] != "source"]
+        rows = [r for r in method_rows(config, records) if r[0] == shift and r[1] != "source_multi"]
         for i, (_, method, lam) in enumerate(rows):
             sel = _select(records, shift, method, lam)
             seeds |= set(sel)
             steps, mean = _mean_curve([r["curve"] for r in sel.values()])
             style = dict(color=colors[i % len(colors)], marker="o", ms=3,
                          ls="--" if method == "control" else "-")  # fmt: skip
-            label = TITLES[method] + ("" if lam is None else f" ({lam:g})")
+            label = title(method) + ("" if lam is None else f" ({lam:g})")
             top.plot(steps, 100 * mean[:, 0], label=label, **style)
             paired = [(r["curve"], control[s]["curve"]) for s, r in sel.items() if s in control]
             if paired:
@@ -296,7 +303,7 @@ def plot_gradient_shares(config, records: list[dict], path: str) -> None:
                 continue
             steps, mean = _mean_curve([r["shares"] for r in sel.values()])
             ax.plot(steps, 100 * mean[:, column - 1], color=color,
-                    label=f"{TITLES[method]} run: easy pixels' share of its gradient")  # fmt: skip
+                    label=f"{title(method)} run: easy pixels' share of its gradient")  # fmt: skip
             if method == "maxsquare":
                 ax.plot(steps, 100 * mean[:, 0], color="0.5", ls="--",
                         label="easy pixels' share of the pixels (MaxSquare run)")  # fmt: skip
@@ -325,7 +332,7 @@ def shares_markdown(config, records: list[dict]) -> str:
             steps, mean = _mean_curve([r["shares"] for r in sel.values()])
             for i in (0, len(steps) - 1):
                 lines.append(
-                    f"| {shift} | {TITLES[method]} | {steps[i]} | {100 * mean[i, 0]:.1f}% | "
+                    f"| {shift} | {title(method)} | {steps[i]} | {100 * mean[i, 0]:.1f}% | "
                     f"{100 * mean[i, 1]:.1f}% | {100 * mean[i, 2]:.1f}% |"
                 )
     return "\n".join(lines) + "\n"

@@ -2,7 +2,7 @@
 
     WORKDIR/data/                    prepared data sets (unless --data-dir)
     WORKDIR/SETTING[_smoke]/STAGE/   one resumable training run per stage (`source`,
-                                     `source_multi`, then e.g. `iw_multi` or `rome_iw`)
+                                     `source_multi`, then e.g. `iw_multi` or `nthu-rome_iw`)
     WORKDIR/reports/ROW/             report.md, report.json and
                                      eval/<checkpoint>_<protocol>[_flip]/ (msjax.evaluate's)
 
@@ -17,13 +17,12 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from msjax import config_checks, configlib, weights
+from msjax import config_checks, configlib, methods, weights
 from msjax.errors import ConfigError, WeightsError, WorkdirError
 from msjax.reproduction.rows import Row
 from msjax.training.loop import eval_split
 from msjax.training.stages import Stage
 
-RAW_FLAGS = {d: f"--{d}" for d in ("gta5", "synthia", "cityscapes", "nthu")}
 METRIC_NAMES = {"miou": "mIoU", "miou13": "mIoU13 (13 of the 16 classes)"}
 INIT_HINT = (
     "the DeepLab ImageNet init converted with `python -m msjax.convert "
@@ -83,40 +82,40 @@ def _abs(path: str | None) -> str:
     return os.path.abspath(os.path.expanduser(path)) if path else ""
 
 
-def stage_config(row: Row, variant: str, data_dir: str, init: str):
+def stage_config(row: Row, method: methods.Method, data_dir: str, init: str):
     """The config of one run of the chain, pointed at the data and its starting weights."""
-    c = configlib.load(row.setting, row.config_arg(variant))
+    c = configlib.load(row.setting.name, row.config_arg(method))
     c.data_dir = data_dir
     c.init.checkpoint = init
     return c
 
 
-def describe(config) -> str:
+def describe(config, method: methods.Method) -> str:
     """A stage's title: what it trains on, how long, what it validates on."""
-    loss = config.loss.target if config.loss.target != "none" else "source-only"
-    multi = (
-        f" + multi-level ({config.loss.lambda_seg:g} CE(aux))" if config.loss.multi_level else ""
-    )
-    streams = f"{config.source.dataset}/{config.source.config}/{config.source.split}"
-    if config.loss.target != "none":
-        streams += f" -> {config.target.dataset}/{config.target.config}/{config.target.split}"
+    streams = f"{config.source.dataset}/{config.source.size}/{config.source.split}"
+    if method.adapting:
+        streams += f" -> {config.target.dataset}/{config.target.size}/{config.target.split}"
     return (
-        f"{loss}{multi}, {streams}, {config.train.steps} steps of a {config.optim.iter_max}-step "
-        f"poly, validated on {eval_split(config)} every {config.eval.every_steps} steps"
+        f"{method.title}, {streams}, {config.train.steps} steps of a {config.optim.iter_max}-step "
+        f"{config.optim.schedule}, validated on {eval_split(config)} every "
+        f"{config.eval.every_steps} steps"
     )
 
 
-# Source variant -> the checkpoint of it that adaptations start from ('source': 'final').
-STARTS_FROM = dict([configlib.DEFAULT_SOURCE_MODEL, *configlib.SOURCE_MODEL.values()])
+def starts_from(source: methods.Method) -> str:
+    """'best' or 'final': the checkpoint of a source method the paper's adaptations use."""
+    used = {m.start_from[1] for m in methods.METHODS.values() if m.start_from
+            and m.start_from[0] == source.name}  # fmt: skip
+    return used.pop() if len(used) == 1 else "final"
 
 
-def checkpoint_rules(config, folder: str, variant: str) -> list[Checkpoint]:
+def checkpoint_rules(config, folder: str, method: methods.Method) -> list[Checkpoint]:
     """best/ and final/ of the row's run, the paper's first.
 
     For an adaptation that is best/ (the README evaluates it); for a source run, the one the
     adaptations start from (final/, or best/ of source_multi).
     """
-    adapting = variant not in configlib.SOURCE_VARIANTS
+    adapting = method.adapting
     labels = (
         "target labels select it, as in the original, whose README evaluates this checkpoint"
         if adapting
@@ -127,7 +126,7 @@ def checkpoint_rules(config, folder: str, variant: str) -> list[Checkpoint]:
         f"(validated every {config.eval.every_steps} steps and at the end); {labels}",
         "final": f"the weights after the last step ({config.train.steps})",
     }
-    first = "best" if adapting else STARTS_FROM[variant]
+    first = "best" if adapting else starts_from(method)
     if not adapting:
         rules[first] += "; the adaptations start from it"
     order = [first, "final" if first == "best" else "best"]
@@ -149,22 +148,24 @@ def make_plan(row: Row, workdir, data_dir=None, init=None, source_weights=None) 
     workdir = _abs(workdir)
     data_dir = _abs(data_dir) or os.path.join(workdir, "data")
     init, source_weights = _abs(init), _abs(source_weights)
-    chain_dir = os.path.join(workdir, row.setting + ("_smoke" if row.smoke else ""))
+    chain_dir = os.path.join(workdir, row.setting.name + ("_smoke" if row.smoke else ""))
     stages, source = [], None
-    if not (source_weights and row.adapting):  # check_plan refuses it for a source row
-        c = stage_config(row, row.source_variant, data_dir, init)
-        stages.append(Stage(row.source_variant, f"{row.source_variant}: {describe(c)}", c))
-    if row.adapting:
-        name = f"{row.city}_{row.variant}" if row.city else row.variant
+    adapting, first = row.method.adapting, row.source_method
+    if not (source_weights and adapting):  # check_plan refuses it for a source row
+        c = stage_config(row, first, data_dir, init)
+        stages.append(Stage(first.name, f"{first.name}: {describe(c, first)}", c))
+    if adapting:
+        many = len(row.setting.targets) > 1
+        name = f"{row.target}_{row.method.name}" if many else row.method.name
         if source_weights:
             start, source = source_weights, f"{source_weights} (given with --source-weights)"
         else:
-            start = os.path.join(chain_dir, row.source_variant, row.start_from)
-            source = f"{row.source_variant}/{row.start_from} of this chain ({start})"
-        c = stage_config(row, row.variant, data_dir, start)
-        stages.append(Stage(name, f"{name}: {describe(c)}", c))
+            start = os.path.join(chain_dir, first.name, row.start_from)
+            source = f"{first.name}/{row.start_from} of this chain ({start})"
+        c = stage_config(row, row.method, data_dir, start)
+        stages.append(Stage(name, f"{name}: {describe(c, row.method)}", c))
     last = stages[-1]
-    checkpoints = checkpoint_rules(last.config, os.path.join(chain_dir, last.name), row.variant)
+    checkpoints = checkpoint_rules(last.config, os.path.join(chain_dir, last.name), row.method)
     report_dir = os.path.join(workdir, "reports", row.slug)
     return Plan(
         row, workdir, chain_dir, data_dir, report_dir, stages, source, checkpoints,
@@ -199,12 +200,12 @@ def check_plan(plan: Plan) -> None:
     init_hint = INIT_HINT.format(n=n)
     if row.smoke and plan.init:
         raise ConfigError(f"--init: {row.name} trains a tiny model from random weights.")
-    if plan.source_weights and not row.adapting:
+    if plan.source_weights and not row.method.adapting:
         raise ConfigError(
             f"--source-weights: {row.name} is the source-only row, it trains the source model "
             "itself; score given weights with python -m msjax.evaluate."
         )
-    needs_init = not row.smoke and plan.stages[0].name in configlib.SOURCE_VARIANTS
+    needs_init = not row.smoke and plan.stages[0].name in methods.source_only()
     if needs_init and not plan.init:
         raise ConfigError(
             f"--init is required to train the source model of {row.name}: {init_hint} "

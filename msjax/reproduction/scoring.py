@@ -31,21 +31,22 @@ def protocols(plan: Plan) -> tuple[list[str], list[str]]:
     if plan.row.smoke:
         return done, ["full: the synthetic smoke data has no native-size labels"]
     setting = data.eval_setting(plan, "full")
-    if setting.label_config in builders.prepared_configs(setting.builder, plan.data_dir):
+    name = setting.dataset.name
+    if setting.label_size in builders.prepared_sizes(name, plan.data_dir):
         done.append("full")
     else:
         notes.append(
-            f"full: {setting.builder} {setting.label_config} is not prepared in "
-            f"{plan.data_dir}; prepare it (python -m msjax.prepare {setting.builder} RAW "
-            f"--data-dir {plan.data_dir} --config {setting.label_config}) and run the same "
-            "command again to add it"
+            f"full: {name} {setting.label_size} is not prepared in {plan.data_dir}; prepare it "
+            f"(python -m msjax.prepare {name} RAW --data-dir {plan.data_dir} --size "
+            f"{setting.label_size}) and run the same command again to add it"
         )
     return done, notes
 
 
 def _paper(plan: Plan) -> published.Published | None:
+    row = plan.row
     n = plan.config.model.num_classes
-    return published.result(plan.row.eval_dataset, n, plan.row.method) if plan.row.method else None
+    return published.result(row.target, n, row.method.name) if row.published else None
 
 
 def _evaluate_one(plan: Plan, path: str, name: str, step: int, protocol_name, views, progress):
@@ -70,7 +71,7 @@ def _evaluate_one(plan: Plan, path: str, name: str, step: int, protocol_name, vi
         progress=progress,
     )
     results["checkpoint_step"] = step
-    report.write_report(results, out, plan.row.method)
+    report.write_report(results, out, plan.row.method.name if plan.row.published else None)
     return results, saved
 
 

@@ -32,7 +32,7 @@ from msjax import outputs, sharding
 from msjax.errors import TrainingError
 from msjax.training import preemption
 from msjax.training.checkpoints import export_weights
-from msjax.training.run import Run, announce, build_run, describe, weights_metadata
+from msjax.training.run import Run, build_run
 
 
 class MetricHistory:
@@ -104,7 +104,7 @@ def due_at(step: int, config, stopping: bool) -> Due:
 def next_batches(run: Run) -> tuple:
     """The step's (source, target) global batches; target None in source-only training."""
     source = sharding.to_global(next(run.streams["source"]), run.mesh)
-    if not run.adapting:
+    if not run.method.adapting:
         return source, None
     target = next(run.streams["target"])
     return source, sharding.to_global({"image": target["image"]}, run.mesh)
@@ -127,9 +127,29 @@ def log_metrics(run: Run, history: MetricHistory, step: int, bar) -> None:
             f"Non-finite {bad[1]} at step {bad[0]}; stopping. {no_checkpoint_note(run)} "
             "Lower config.optim.lr or check the data and the config.loss fields."
         )
-    mean["lr"] = float(run.schedule(step - 1))
+    mean["lr"] = float(run.optimizer.schedule(step - 1))
     run.writer.scalars(step, mean)
     bar.set_postfix(loss=f"{mean['loss']:.4f}", lr=f"{mean['lr']:.2e}")
+
+
+def weights_metadata(run: Run, **run_facts) -> dict:
+    """Metadata of an exported weights folder (same format as msjax.convert writes)."""
+    model, init_meta = run.model, run.init_meta
+    return {
+        "source": "msjax.train",
+        "source_sha256": "",
+        "layout": "msjax-train",
+        "num_classes": model.num_classes,
+        "blocks": list(model.blocks),
+        "width": model.width,
+        "stride_on": model.stride_on,
+        "aspp_branches": model.aspp_branches,
+        "input_normalization": init_meta["input_normalization"],
+        "heads": "trained",
+        "method": run.method.name,
+        "initialised_from": init_meta.get("source", init_meta.get("layout")),
+        **run_facts,
+    }
 
 
 def export(run: Run, folder: str, step: int, **facts) -> None:
@@ -163,8 +183,8 @@ def validate(run: Run, step: int) -> float:
 
 
 def eval_split(config) -> str:
-    """'dataset/config/split' of the validation split (e.g. 'gta5/1280x720/val')."""
-    return f"{config.eval.dataset}/{config.eval.config}/{config.eval.split}"
+    """'dataset/size/split' of the validation split (e.g. 'gta5/1280x720/val')."""
+    return f"{config.eval.dataset}/{config.eval.size}/{config.eval.split}"
 
 
 def save_state(run: Run, step: int) -> None:
@@ -213,7 +233,8 @@ def finish(run: Run, step: int, stop: int | None, facts: dict) -> dict:
     run.checkpoints.wait()
     summary = {
         "workdir": run.workdir,
-        "group_sizes": run.group_sizes,
+        "method": run.method.name,
+        "group_sizes": run.optimizer.group_sizes,
         "start_step": run.start_step,
         "data": facts,
         "final_step": step,
@@ -253,6 +274,65 @@ def stop_message(run: Run, step: int, stop: int) -> str:
         saved = f"its latest checkpoint is step {latest}" if latest else "no checkpoint yet"
         return f"{by} before the first step: nothing new to save ({saved}). {again}"
     return f"{by}: saved step {step} in {run.checkpoints.directory}. {again}"
+
+
+def describe(run: Run) -> dict:
+    """Per stream: data, examples on this host, steps per epoch, epochs the run will see.
+
+    The epoch rule (`run.epoch_steps`): every epoch is a fresh permutation of each split; in
+    adaptation both streams turn epochs together, after the shorter split's batches (unless
+    config.epochs.shared is False), so the longer stream uses the first batches of each of
+    its permutations.
+    """
+    facts = {}
+    for name, stream in run.streams.items():
+        cfg = stream.cfg
+        facts[name] = dict(
+            data=f"{cfg.dataset}/{cfg.size}/{cfg.split}",
+            split_this_host=stream.host_split,
+            examples_this_host=stream.num_examples,
+            steps_per_epoch=stream.steps_per_epoch,
+            full_steps_per_epoch=stream.full_steps_per_epoch,
+            epochs=round(run.config.train.steps / stream.steps_per_epoch, 2),
+        )
+    return facts
+
+
+def announce(run: Run, facts: dict) -> None:
+    """Prints what is about to be trained (process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    model, mesh = run.model, run.mesh
+    print(
+        f"Training {model.num_classes}-class DeepLabV2 (blocks {list(model.blocks)}, width "
+        f"{model.width}, BN {model.bn_mode}, {jnp.dtype(model.dtype).name}) on "
+        f"{mesh.devices.size} {mesh.devices.flat[0].platform} device(s); method "
+        f"{run.method.name}; parameters per group {run.optimizer.group_sizes}",
+        flush=True,
+    )
+    if run.method.adapting:
+        rule = (
+            "both streams restart together after the shorter split's batches"
+            if run.config.epochs.shared
+            else "each stream cycles its own split (config.epochs.shared=False)"
+        )
+        print(f"  epochs: {rule}, each with a fresh permutation", flush=True)
+    for name, f in facts.items():
+        used = f"the first {f['steps_per_epoch']} of {f['full_steps_per_epoch']} batches"
+        if f["steps_per_epoch"] == f["full_steps_per_epoch"]:
+            used = f"all {f['steps_per_epoch']} batches"
+        print(
+            f"  {name}: {f['data']}, {f['examples_this_host']} examples on this host, an "
+            f"epoch every {f['steps_per_epoch']} steps ({used} of a permutation; "
+            f"{f['epochs']} epochs in this run)",
+            flush=True,
+        )
+    ev = run.config.eval
+    print(
+        f"  validation: {eval_split(run.config)} every {ev.every_steps} steps and at the end; "
+        f"best/ keeps the best {ev.select}",
+        flush=True,
+    )
 
 
 def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) -> dict:

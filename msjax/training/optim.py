@@ -1,9 +1,9 @@
 """The original's optimiser as optax transforms, with its training policy as config rules.
 
 SGD, momentum 0.9 (no Nesterov), coupled weight decay 5e-4 (added to the gradient before the
-momentum, as `torch.optim.SGD(weight_decay=...)`), a poly learning-rate schedule
-`lr = base * (1 - step / iter_max) ** 0.9`, and two parameter groups: the backbone at `lr`
-and the two heads at `10 * lr`.
+momentum, as `torch.optim.SGD(weight_decay=...)`), a learning-rate schedule from
+`SCHEDULES` (the original's poly, `lr = base * (1 - step / iter_max) ** 0.9`), and two
+parameter groups: the backbone at `lr` and the heads at `10 * lr`.
 
 Which parameters are in which group is *training policy*, so it lives in the config as an
 ordered list of `(regex, group)` rules matched against '/'-joined parameter paths
@@ -31,6 +31,7 @@ ORIGINAL_OPTIM = dict(
     lr=2.5e-4,
     momentum=0.9,
     weight_decay=5e-4,
+    schedule="poly",
     poly_power=0.9,
     iter_max=29_760,
     groups={"backbone": 1.0, "head": 10.0},
@@ -38,13 +39,29 @@ ORIGINAL_OPTIM = dict(
 
 
 def poly_schedule(base_lr: float, iter_max: int, power: float = 0.9) -> optax.Schedule:
-    """lr(step) = base_lr * (1 - step / iter_max) ** power, 0 from iter_max on."""
+    """lr(step) = base_lr * (1 - step / iter_max) ** power, 0 from iter_max on.
+
+    Not `optax.polynomial_schedule`: jitted on XLA:CPU, its `1 - step / iter_max` becomes a
+    multiplication by the reciprocal, slightly below 0 at iter_max, so it returns NaN from
+    there on (docs/design.md); here the progress is capped at 1 first.
+    """
 
     def schedule(step):
         progress = jax.numpy.minimum(step / iter_max, 1.0)
         return base_lr * (1.0 - progress) ** power
 
     return schedule
+
+
+# Learning-rate schedules by name (config.optim.schedule): (base lr, config.optim) -> schedule.
+SCHEDULES = {
+    "poly": lambda lr, optim: poly_schedule(lr, optim["iter_max"], optim["poly_power"]),
+}
+
+
+def schedule(base_lr: float, optim: Mapping) -> optax.Schedule:
+    """The learning-rate schedule config.optim names, starting from `base_lr`."""
+    return SCHEDULES[optim["schedule"]](base_lr, optim)
 
 
 def path_name(path) -> str:
@@ -83,8 +100,9 @@ def make_optimizer(optim: Mapping, params) -> tuple[optax.GradientTransformation
     """Builds the optimiser described by `config.optim` for `params`.
 
     Args:
-      optim: fields lr, momentum, weight_decay, poly_power, iter_max, and `groups`, a mapping
-        {group: lr multiplier}, and `rules`, a list of (regex, group); `frozen` is implicit.
+      optim: fields lr, momentum, weight_decay, schedule (and its fields), and `groups`, a
+        mapping {group: lr multiplier}, and `rules`, a list of (regex, group); `frozen` is
+        implicit.
       params: the parameter pytree (or its shapes).
 
     Returns:
@@ -101,15 +119,21 @@ def make_optimizer(optim: Mapping, params) -> tuple[optax.GradientTransformation
         )
     transforms = {FROZEN: optax.set_to_zero()}
     for group, multiplier in groups.items():
-        schedule = poly_schedule(optim["lr"] * multiplier, optim["iter_max"], optim["poly_power"])
         transforms[group] = optax.chain(
             optax.add_decayed_weights(optim["weight_decay"]),
-            optax.sgd(schedule, momentum=optim["momentum"], nesterov=False),
+            optax.sgd(schedule(optim["lr"] * multiplier, optim), momentum=optim["momentum"]),
         )
     counts = {g: 0 for g in known}
     for group, leaf in zip(jax.tree.leaves(labels), jax.tree.leaves(params), strict=True):
         counts[group] += int(leaf.size)
     return optax.multi_transform(transforms, labels), counts
+
+
+def resolve_rules(rules, *, aspp_branches: int, aux_head_trained: bool):
+    """config.optim.rules with 'faithful' replaced by `faithful_rules` for this model."""
+    if rules == "faithful":
+        return faithful_rules(aspp_branches=aspp_branches, aux_head_trained=aux_head_trained)
+    return rules
 
 
 def faithful_rules(*, aspp_branches: int, aux_head_trained: bool) -> list[tuple[str, str]]:

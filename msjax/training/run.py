@@ -1,12 +1,12 @@
 """Everything one training run needs, built once from its config: the `Run`.
 
-`build_run(config, workdir)` checks the config, prepares the workdir, builds the model
-(from converted weights or the original's random initialisation), the optimiser, the train
-state (restored from the latest checkpoint when the workdir has one), the data streams, the
-jitted step, the validator, the checkpoint manager and the metric writer. The loop
-(`msjax.training.loop`) then only uses them. `Run.close()` releases what the run opened, in
-a fixed order: data iterators first, then the checkpoint manager (finishing a save under
-way), then the metric writer; nothing is left for interpreter shutdown.
+`build_run(config, workdir)` checks the config, prepares the workdir, and builds, in this
+order: the device mesh, the model (from converted weights or the original's random
+initialisation) for the mesh's platform, the optimiser, the train state (restored from the
+latest checkpoint when the workdir has one), the data streams, the jitted step, the
+validator and the metric writer. The loop (`msjax.training.loop`) then only uses them.
+`Run.close()` releases what the run opened, in a fixed order: data iterators first, then
+the checkpoint manager (finishing a save under way), then the metric writer.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from msjax import config_checks, sharding, weights
-from msjax.data import synthetic
-from msjax.errors import ConfigError, WeightsError
+from msjax import config_checks, methods, sharding, weights
+from msjax.data import datasets
+from msjax.errors import WeightsError
+from msjax.methods import Method
 from msjax.models import DeepLabV2
 from msjax.training import optim
 from msjax.training.checkpoints import RunCheckpoints
@@ -30,36 +31,40 @@ from msjax.training.workdir import prepare_workdir
 from msjax.training.writer import MetricWriter
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """The optimiser of a run: the transformation, parameters per group, the base lr."""
+
+    tx: Any
+    group_sizes: dict
+    schedule: Any  # step -> the backbone's learning rate (the heads' is a multiple)
+
+
+@dataclasses.dataclass(kw_only=True)
 class Run:
-    """One training run's parts; `state` and `record` change as it trains.
+    """One training run's parts; `state`, `record` and the last scores change as it trains.
 
     Attributes:
-      config, workdir, data_dir, mesh: what and where.
+      config, method, workdir, data_dir, mesh: what and where.
       model, init_meta: the network and the metadata of the weights it started from.
-      tx, group_sizes, schedule: the optimiser, its parameter counts per group, the lr.
-      state: the current TrainState.
-      start_step: the step the run (re)started from.
+      optimizer: see `Optimizer`.
+      state, start_step: the current TrainState; the step the run (re)started from.
       record: what the checkpoints carry besides the state (best score and step, shards).
       streams: {'source': ..., ['target': ...]} training streams of this process.
       step_fn: the jitted train step.
-      validator: evaluates on config.eval's split.
-      checkpoints: the workdir's train states.
-      writer: metrics.jsonl and TensorBoard.
-      last_scores: the latest validation's {'miou'[, 'miou13']} in this invocation (None
-        before one).
-      last_class_iou: that validation's IoU per class name (None for a class never seen).
+      validator, checkpoints, writer: validation, train states, metrics.jsonl + TensorBoard.
+      last_scores, last_class_iou: the latest validation's {'miou'[, 'miou13']} and IoU per
+        class name in this invocation (None before one).
     """
 
     config: Any
+    method: Method
     workdir: str
     data_dir: str
     mesh: Any
     model: DeepLabV2
     init_meta: dict
-    tx: Any
-    group_sizes: dict
-    schedule: Any
+    optimizer: Optimizer
     state: TrainState
     start_step: int
     record: dict
@@ -70,10 +75,6 @@ class Run:
     writer: MetricWriter
     last_scores: dict | None = None
     last_class_iou: dict | None = None
-
-    @property
-    def adapting(self) -> bool:
-        return "target" in self.streams
 
     def close(self) -> None:
         """Closes data iterators, then checkpoints (waiting for a save), then the writer."""
@@ -112,40 +113,38 @@ def build_model(config, platform: str):
     return model, variables, metadata
 
 
-def data_dir_for(config, workdir: str) -> str:
-    """config.data_dir, or WORKDIR/data when every stream reads generated synthetic data."""
-    datasets = {config.source.dataset, config.target.dataset, config.eval.dataset}
-    synthetic_only = datasets <= set(synthetic.SYNTHETIC_DATASETS)
-    if config.data_dir:
-        path = os.path.abspath(os.path.expanduser(config.data_dir))
-        # Synthetic data is generated on first use; real data must have been prepared.
-        if not synthetic_only and not os.path.isdir(path):
-            raise ConfigError(
-                f"config.data_dir={config.data_dir} does not exist. Prepare the data sets "
-                f"there with `python -m msjax.prepare DATASET RAW_DIR --data-dir {path}`."
-            )
-        return path
-    if synthetic_only:
-        return os.path.join(workdir, "data")
-    raise ConfigError(
-        "config.data_dir is empty. Prepare the data sets once with `python -m msjax.prepare "
-        "DATASET RAW_DIR --data-dir DATA` and pass --config.data_dir=DATA."
+def build_optimizer(config, model: DeepLabV2, method: Method, params) -> Optimizer:
+    """config.optim for this model and method ('faithful' rules resolved, optim.py)."""
+    rules = optim.resolve_rules(
+        config.optim.rules, aspp_branches=model.aspp_branches, aux_head_trained=method.multi_level
     )
+    tx, group_sizes = optim.make_optimizer({**config.optim, "rules": rules}, params)
+    return Optimizer(tx, group_sizes, optim.schedule(config.optim.lr, config.optim))
 
 
-def ensure_synthetic_prepared(config, data_dir: str) -> None:
+def data_dir_for(config, workdir: str) -> str:
+    """config.data_dir, or WORKDIR/data when every stream reads generated data."""
+    generated = all(
+        datasets.get(s.dataset).generated for s in (config.source, config.target, config.eval)
+    )
+    path = os.path.abspath(os.path.expanduser(config.data_dir)) if config.data_dir else ""
+    config_checks.check_data_dir(config, path, generated)
+    return path or os.path.join(workdir, "data")
+
+
+def ensure_generated_prepared(config, data_dir: str) -> None:
     """Generates the synthetic data sets a config reads, if they are not prepared yet."""
     from msjax.data import builders
     from msjax.data.preparation import prepare_one
 
-    wanted = {(s.dataset, s.config) for s in (config.source, config.target, config.eval)}
-    for dataset, name in sorted(wanted):
-        if dataset not in synthetic.SYNTHETIC_DATASETS:
+    wanted = {(s.dataset, s.size) for s in (config.source, config.target, config.eval)}
+    for dataset, size in sorted(wanted):
+        if not datasets.get(dataset).generated:
             continue
-        if name not in builders.prepared_configs(dataset, data_dir):
+        if size not in builders.prepared_sizes(dataset, data_dir):
             if jax.process_index() == 0:
-                print(f"Generating {dataset} {name} into {data_dir} (once) ...", flush=True)
-                prepare_one(dataset, name, data_dir, progress=True)
+                print(f"Generating {dataset} {size} into {data_dir} (once) ...", flush=True)
+                prepare_one(dataset, size, data_dir, progress=True)
     if jax.process_count() > 1:  # the other processes read what process 0 wrote
         from jax.experimental import multihost_utils
 
@@ -154,14 +153,7 @@ def ensure_synthetic_prepared(config, data_dir: str) -> None:
 
 def data_shards(config) -> int:
     """How many slices the training splits are cut into (config.data_shards, 0: processes)."""
-    shards = config.data_shards or jax.process_count()
-    if shards < 1 or shards % jax.process_count() or config.batch_pairs % shards:
-        raise ConfigError(
-            f"config.data_shards={config.data_shards} (so {shards} shards) must be a positive "
-            f"multiple of the number of processes ({jax.process_count()}) that divides "
-            f"config.batch_pairs={config.batch_pairs}."
-        )
-    return shards
+    return config.data_shards or jax.process_count()
 
 
 def epoch_steps(config, full: dict) -> dict:
@@ -185,8 +177,9 @@ def epoch_steps(config, full: dict) -> dict:
     return {name: min(steps, cap) if cap else steps for name, steps in full.items()}
 
 
-def make_streams(config, data_dir: str, normalization: str, shards: int, start: int) -> dict:
-    """This process's training streams: 'source', and 'target' when a target loss is set."""
+def make_streams(config, adapting: bool, data_dir: str, normalization: str, shards: int,
+                 start: int) -> dict:  # fmt: skip
+    """This process's training streams: 'source', and 'target' when the method adapts."""
     from msjax.data.pipeline import full_epoch_steps, make_sharded_train_stream
 
     def fields(stream, seed):
@@ -201,7 +194,7 @@ def make_streams(config, data_dir: str, normalization: str, shards: int, start: 
         return cfg
 
     cfgs = {"source": fields(config.source, config.seed)}
-    if config.loss.target != "none":
+    if adapting:
         cfgs["target"] = fields(config.target, config.seed + 1)
     steps = epoch_steps(config, {k: full_epoch_steps(c, shards) for k, c in cfgs.items()})
     streams = {}
@@ -215,18 +208,6 @@ def make_streams(config, data_dir: str, normalization: str, shards: int, start: 
             stream.close()
         raise
     return streams
-
-
-def make_optimizer(config, model: DeepLabV2, params):
-    """(tx, parameters per group, lr schedule) of config.optim for this model and loss."""
-    rules = config.optim.rules
-    if rules == "faithful":
-        rules = optim.faithful_rules(
-            aspp_branches=model.aspp_branches, aux_head_trained=config.loss.multi_level
-        )
-    tx, group_sizes = optim.make_optimizer({**config.optim, "rules": rules}, params)
-    schedule = optim.poly_schedule(config.optim.lr, config.optim.iter_max, config.optim.poly_power)
-    return tx, group_sizes, schedule
 
 
 def restore_or_init(config, checkpoints: RunCheckpoints, variables, tx, mesh):
@@ -255,24 +236,26 @@ def restore_or_init(config, checkpoints: RunCheckpoints, variables, tx, mesh):
 def build_run(config, workdir: str, allow_config_change: bool = False) -> Run:
     """Checks `config` and builds the Run it describes in `workdir` (see the module doc)."""
     config_checks.check_config(config)
+    method = methods.get(config.method)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     mesh = sharding.make_mesh()
-    sharding.check_global_batch(config.batch_pairs, mesh)
-    data_shards(config)
+    config_checks.check_devices(config, mesh)
     prepare_workdir(workdir, config, allow_config_change)
     data_dir = data_dir_for(config, workdir)
-    ensure_synthetic_prepared(config, data_dir)
+    ensure_generated_prepared(config, data_dir)
     model, variables, init_meta = build_model(config, sharding.platform(mesh))
-    tx, group_sizes, schedule = make_optimizer(config, model, variables["params"])
+    optimizer = build_optimizer(config, model, method, variables["params"])
     step_fn = jit_train_step(
-        make_train_step(model, tx, config.loss), mesh, adapting=config.loss.target != "none"
+        make_train_step(model, optimizer.tx, method, config.loss), mesh, adapting=method.adapting
     )
     checkpoints = RunCheckpoints(workdir, keep=config.train.keep_checkpoints)
     opened = [checkpoints]  # closed again, in order, if a later part cannot be built
     try:
-        state, start, record = restore_or_init(config, checkpoints, variables, tx, mesh)
+        state, start, record = restore_or_init(config, checkpoints, variables, optimizer.tx, mesh)
         norm = init_meta["input_normalization"]
-        streams = make_streams(config, data_dir, norm, record["data_shards"], start)
+        streams = make_streams(
+            config, method.adapting, data_dir, norm, record["data_shards"], start
+        )
         opened[:0] = streams.values()
         validator = Validator(model, config, data_dir, norm, mesh)
         writer = MetricWriter(workdir, tensorboard=config.train.tensorboard, start_step=start)
@@ -281,84 +264,8 @@ def build_run(config, workdir: str, allow_config_change: bool = False) -> Run:
             part.close()
         raise
     return Run(
-        config, workdir, data_dir, mesh, model, init_meta, tx, group_sizes, schedule,
-        state, start, record, streams, step_fn, validator, checkpoints, writer,
+        config=config, method=method, workdir=workdir, data_dir=data_dir, mesh=mesh,
+        model=model, init_meta=init_meta, optimizer=optimizer, state=state, start_step=start,
+        record=record, streams=streams, step_fn=step_fn, validator=validator,
+        checkpoints=checkpoints, writer=writer,
     )  # fmt: skip
-
-
-def describe(run: Run) -> dict:
-    """Per stream: data, examples on this host, steps per epoch, epochs the run will see.
-
-    The epoch rule (`epoch_steps`): every epoch is a fresh permutation of each split; in
-    adaptation both streams turn epochs together, after the shorter split's batches (unless
-    config.epochs.shared is False), so the longer stream uses the first batches of each of
-    its permutations.
-    """
-    facts = {}
-    for name, stream in run.streams.items():
-        cfg = stream.cfg
-        facts[name] = dict(
-            data=f"{cfg.dataset}/{cfg.config}/{cfg.split}",
-            split_this_host=stream.host_split,
-            examples_this_host=stream.num_examples,
-            steps_per_epoch=stream.steps_per_epoch,
-            full_steps_per_epoch=stream.full_steps_per_epoch,
-            epochs=round(run.config.train.steps / stream.steps_per_epoch, 2),
-        )
-    return facts
-
-
-def announce(run: Run, facts: dict) -> None:
-    """Prints what is about to be trained (process 0 only)."""
-    if jax.process_index() != 0:
-        return
-    model, mesh = run.model, run.mesh
-    print(
-        f"Training {model.num_classes}-class DeepLabV2 (blocks {list(model.blocks)}, width "
-        f"{model.width}, BN {model.bn_mode}, {jnp.dtype(model.dtype).name}) on "
-        f"{mesh.devices.size} {mesh.devices.flat[0].platform} device(s); "
-        f"loss {run.config.loss.target}; parameters per group {run.group_sizes}",
-        flush=True,
-    )
-    if run.adapting:
-        rule = (
-            "both streams restart together after the shorter split's batches"
-            if run.config.epochs.shared
-            else "each stream cycles its own split (config.epochs.shared=False)"
-        )
-        print(f"  epochs: {rule}, each with a fresh permutation", flush=True)
-    for name, f in facts.items():
-        used = f"the first {f['steps_per_epoch']} of {f['full_steps_per_epoch']} batches"
-        if f["steps_per_epoch"] == f["full_steps_per_epoch"]:
-            used = f"all {f['steps_per_epoch']} batches"
-        print(
-            f"  {name}: {f['data']}, {f['examples_this_host']} examples on this host, an "
-            f"epoch every {f['steps_per_epoch']} steps ({used} of a permutation; "
-            f"{f['epochs']} epochs in this run)",
-            flush=True,
-        )
-    ev = run.config.eval
-    print(
-        f"  validation: {ev.dataset}/{ev.config}/{ev.split} every {ev.every_steps} steps and at "
-        f"the end; best/ keeps the best {ev.select}",
-        flush=True,
-    )
-
-
-def weights_metadata(run: Run, **run_facts) -> dict:
-    """Metadata of an exported weights folder (same format as msjax.convert writes)."""
-    model, init_meta = run.model, run.init_meta
-    return {
-        "source": "msjax.train",
-        "source_sha256": "",
-        "layout": "msjax-train",
-        "num_classes": model.num_classes,
-        "blocks": list(model.blocks),
-        "width": model.width,
-        "stride_on": model.stride_on,
-        "aspp_branches": model.aspp_branches,
-        "input_normalization": init_meta["input_normalization"],
-        "heads": "trained",
-        "initialised_from": init_meta.get("source", init_meta.get("layout")),
-        **run_facts,
-    }

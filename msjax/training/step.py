@@ -7,10 +7,10 @@
 as the original computes it (docs/protocol.md): the source batch goes through the model
 first and the target batch second, each normalised by its own BN statistics in training
 mode, with the running statistics updated by the source pass and then by the target pass.
-Source-only training (`loss.target = 'none'`) skips the target pass. `loss.multi_level` is
-the original's `--multi True`: the aux CE on the source in every run (source-only included:
-that is how the source model of IW+Multi gets a trained aux head), and the self-produced
-guidance on the target when adapting.
+The method (`msjax.methods`) names L_target; a source-only method skips the target pass.
+Its `multi_level` is the original's `--multi True`: the aux CE on the source in every run
+(source-only included: that is how the source model of IW+Multi gets a trained aux head),
+and the self-produced guidance on the target when adapting.
 
 Adaptation steps also report, for the paper's gradient argument, the share of pixels whose
 target prediction is easy (p > 0.9) and the share of the gradient w.r.t. the target logits
@@ -30,22 +30,8 @@ import jax.numpy as jnp
 import optax
 
 from msjax import losses, sharding, xla
-from msjax.errors import ConfigError
+from msjax.methods import Method
 from msjax.models import DeepLabV2
-
-TARGET_LOSS_NAMES = (*losses.TARGET_LOSSES, "none")
-
-# The original's loss settings (GTA5 -> Cityscapes, MaxSquare): the fields of config.loss.
-ORIGINAL_LOSS = dict(
-    target="maxsquare",
-    lambda_target=0.1,
-    iw_ratio=0.2,
-    threshold=0.95,
-    multi_level=False,
-    multi_threshold=0.95,
-    lambda_seg=0.1,
-    ignore_index=255,
-)
 
 
 @flax.struct.dataclass
@@ -68,24 +54,19 @@ def create_train_state(variables: Mapping, tx: optax.GradientTransformation) -> 
     )
 
 
-def check_loss_config(loss: Mapping) -> None:
-    """Raises ConfigError naming the config.loss field at fault."""
-    if loss["target"] not in TARGET_LOSS_NAMES:
-        raise ConfigError(
-            f"config.loss.target={loss['target']!r}; valid: {', '.join(TARGET_LOSS_NAMES)}"
-        )
-
-
-def compute_loss(params, batch_stats, source, target, *, model: DeepLabV2, loss: Mapping):
+def compute_loss(
+    params, batch_stats, source, target, *, model: DeepLabV2, method: Method, loss: Mapping
+):
     """The summed loss, the BN statistics after both passes, and the loss terms.
 
     Args:
       params, batch_stats: model variables.
       source: {'image': [B,H,W,3], 'label': [B,H,W]}.
-      target: {'image': [B,H',W',3]} or None for source-only training.
+      target: {'image': [B,H',W',3]}, or None for a source-only method.
       model: the DeepLabV2 to apply.
-      loss: config.loss fields (target, lambda_target, iw_ratio, threshold, multi_level,
-        multi_threshold, lambda_seg, ignore_index).
+      method: what the target pass computes (msjax.methods).
+      loss: config.loss fields (lambda_target, iw_ratio, threshold, multi_threshold,
+        lambda_seg, ignore_index).
 
     Returns:
       (total, (batch_stats, {name: scalar})).
@@ -99,12 +80,12 @@ def compute_loss(params, batch_stats, source, target, *, model: DeepLabV2, loss:
     )
     terms = {"loss_source": ce(main_s, source["label"])}
     total = terms["loss_source"]
-    if loss["multi_level"]:
+    if method.multi_level:
         terms["loss_source_aux"] = ce(aux_s, source["label"])
         total = total + loss["lambda_seg"] * terms["loss_source_aux"]
     batch_stats = updated["batch_stats"]
 
-    if loss["target"] != "none":
+    if method.adapting:
         (main_t, aux_t), updated = model.apply(
             {"params": params, "batch_stats": batch_stats},
             target["image"],
@@ -112,17 +93,15 @@ def compute_loss(params, batch_stats, source, target, *, model: DeepLabV2, loss:
             mutable=["batch_stats"],
         )
         batch_stats = updated["batch_stats"]
-        terms["loss_target"] = losses.target_loss(
-            loss["target"], main_t, ratio=loss["iw_ratio"], threshold=loss["threshold"]
-        )
+        terms["loss_target"] = method.target_term(main_t, loss)
         total = total + loss["lambda_target"] * terms["loss_target"]
-        if loss["multi_level"]:
+        if method.multi_level:
             terms["loss_multi"] = losses.multi_level_guidance(
                 main_t, aux_t, threshold=loss["multi_threshold"]
             )
             total = total + loss["lambda_seg"] * loss["lambda_target"] * terms["loss_multi"]
     terms["loss"] = total
-    if loss["target"] != "none":
+    if method.adapting:
         terms.update(easy_gradient_terms(main_t))
     return total, (batch_stats, terms)
 
@@ -141,21 +120,23 @@ def easy_gradient_terms(logits) -> dict:
     return {"easy_pixels": share, "easy_grad_minent": minent, "easy_grad_maxsquare": maxsquare}
 
 
-def make_train_step(model: DeepLabV2, tx: optax.GradientTransformation, loss: Mapping):
+def make_train_step(
+    model: DeepLabV2, tx: optax.GradientTransformation, method: Method, loss: Mapping
+):
     """`train_step(state, source, target) -> (state, metrics)`, not yet jitted.
 
-    Everything static (model, optimiser, loss config) is bound here. The faithful model
-    draws no random numbers; a variant that does would derive its key from `state.step`
-    (`jax.random.fold_in`), so that a resumed run needs no RNG bookkeeping.
+    Everything static (model, optimiser, method, config.loss) is bound here. The faithful
+    model draws no random numbers; a variant that does would derive its key from
+    `state.step` (`jax.random.fold_in`), so that a resumed run needs no RNG bookkeeping.
     """
-    check_loss_config(loss)
     loss = dict(loss)
 
     def train_step(state: TrainState, source, target):
         grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
         (_, (batch_stats, metrics)), grads = grad_fn(
-            state.params, state.batch_stats, source, target, model=model, loss=loss
-        )
+            state.params, state.batch_stats, source, target, model=model, method=method,
+            loss=loss,
+        )  # fmt: skip
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)

@@ -31,71 +31,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from msjax import config_checks, outputs
-from msjax.data import synthetic
-from msjax.errors import ConfigError
+from msjax import config_checks, methods, outputs
 from msjax.training.stages import Stage, finished_summary, run_stage
-
-# What each method sets in config.loss. `lambda_scale` multiplies the study's lambda: 0 for
-# the control, 0.9 for IW + Multi (the paper's 0.09 against 0.1 for the others).
-METHODS = {
-    "control": dict(target="maxsquare", lambda_scale=0.0),
-    "minent": dict(target="entropy"),
-    "hard": dict(target="hard"),
-    "maxsquare": dict(target="maxsquare"),
-    "iw_maxsquare": dict(target="iw_maxsquare"),
-    "iw_multi": dict(target="iw_maxsquare", multi_level=True, lambda_scale=0.9),
-}
-TITLES = {
-    "source": "source only",
-    "control": "control (lambda 0)",
-    "minent": "MinEnt",
-    "hard": "hard pseudo-labels",
-    "maxsquare": "MaxSquare",
-    "iw_maxsquare": "MaxSquare + IW",
-    "iw_multi": "MaxSquare + IW + Multi",
-}
-
-
-def shift_domain(shift: str) -> str:
-    """The synthetic domain of a shift name: 'style' is the "real" style, else the domain."""
-    domain = "target" if shift == "style" else shift
-    if domain == "source" or domain not in synthetic.DOMAINS:
-        valid = ["style", *synthetic.DOMAINS[2:]]
-        raise ConfigError(f"config.study.shifts: unknown shift {shift!r}; valid: {valid}.")
-    return domain
-
-
-def check_study(study) -> None:
-    """Raises ConfigError naming the config.study field at fault."""
-    for method in study.methods:
-        if method not in METHODS:
-            raise ConfigError(
-                f"config.study.methods: unknown method {method!r}; valid: {list(METHODS)}."
-            )
-    for shift in study.shifts:
-        shift_domain(shift)
-    if not study.seeds or not all(isinstance(s, int) and s >= 0 for s in study.seeds):
-        raise ConfigError(f"config.study.seeds={study.seeds!r}: must be integers >= 0.")
-    if not study.lambdas or not all(lam > 0 for lam in study.lambdas):
-        raise ConfigError(f"config.study.lambdas={study.lambdas!r}: must be numbers > 0.")
-    for extra in study.extra:
-        if len(extra) != 2 or extra[0] not in METHODS or extra[0] == "control" or extra[1] <= 0:
-            raise ConfigError(
-                f"config.study.extra: {extra!r} is not a (method, lambda > 0) pair of a "
-                f"method other than the control; methods: {list(METHODS)}."
-            )
-    positive = config_checks.integer(1)
-    config_checks.check_fields(
-        study,
-        {
-            "source_steps": positive,
-            "adapt_steps": positive,
-            "eval_every": positive,
-            "adapt_lr": config_checks.number(0.0, low_open=True),
-        },
-        "study",
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,14 +41,14 @@ class StudyRun:
 
     stage: Stage
     seed: int
-    method: str  # 'source' or a key of METHODS
-    shift: str | None = None  # None for the source model
+    method: str  # 'source_multi' or a method of msjax.methods
+    shift: str | None = None  # the target data set; None for the source model
     lam: float | None = None  # the study's lambda (None for the source and the control)
 
 
 def run_name(seed: int, method: str, shift: str | None = None, lam: float | None = None) -> str:
     """The run's folder under the study's workdir."""
-    if method == "source":
+    if shift is None:
         return f"seed{seed}/source"
     suffix = "" if lam is None else f"_lam{lam:g}"
     return f"seed{seed}/{shift}/{method}{suffix}"
@@ -129,11 +66,11 @@ def _run_config(config, seed: int, data_dir: str):
 def source_run(config, seed: int, data_dir: str) -> StudyRun:
     """The seed's source-only run (with the aux head), validated on the source style."""
     c = _run_config(config, seed, data_dir)
-    c.loss.target = "none"
-    c.loss.multi_level = True
-    c.eval.dataset, c.eval.config = "synthetic_source", c.source.config
+    c.method = "source_multi"
+    c.eval.dataset, c.eval.size = c.source.dataset, c.source.size
     c.train.steps = c.eval.every_steps = c.optim.iter_max = config.study.source_steps
-    return StudyRun(Stage(run_name(seed, "source"), f"seed {seed}: source only", c), seed, "source")
+    title = f"seed {seed}: source only"
+    return StudyRun(Stage(run_name(seed, "source_multi"), title, c), seed, "source_multi")
 
 
 def adaptation_run(config, seed: int, shift: str, method: str, lam: float, workdir: str,
@@ -141,25 +78,24 @@ def adaptation_run(config, seed: int, shift: str, method: str, lam: float, workd
     """One method's adaptation on one shift, from the seed's final source weights."""
     from msjax import configlib
 
-    fields = METHODS[method]
+    entry = methods.get(method, "config.study.methods")
     c = _run_config(config, seed, data_dir)
-    configlib.use_synthetic(c, c.source.config, shift_domain(shift))
-    c.init.checkpoint = os.path.join(workdir, run_name(seed, "source"), "final")
-    c.loss.target = fields["target"]
-    c.loss.multi_level = fields.get("multi_level", False)
-    c.loss.lambda_target = (lam or 0.0) * fields.get("lambda_scale", 1.0)
+    configlib.use_synthetic(c, c.source.size, shift)
+    c.init.checkpoint = os.path.join(workdir, run_name(seed, "source_multi"), "final")
+    c.method = entry.name
+    c.loss.lambda_target = entry.lambda_target(lam or 0.0)
     c.optim.lr = config.study.adapt_lr
     c.train.steps = c.optim.iter_max = config.study.adapt_steps
     c.eval.every_steps = config.study.eval_every
     name = run_name(seed, method, shift, lam)
-    title = f"seed {seed}, {shift}: {TITLES[method]}" + ("" if lam is None else f" ({lam:g})")
+    title = f"seed {seed}, {shift}: {entry.title}" + ("" if lam is None else f" ({lam:g})")
     return StudyRun(Stage(name, title, c), seed, method, shift, lam)
 
 
 def study_runs(config, workdir: str) -> list[StudyRun]:
     """Every run of the study, seed by seed (so an unfinished study holds whole seeds)."""
     study = config.study
-    check_study(study)
+    config_checks.check_study(study)
     data_dir = config.data_dir or os.path.join(workdir, "data")
     runs = []
     for seed in study.seeds:
@@ -203,13 +139,11 @@ def _gradient_sums(model, variables, images, valid):
     return jnp.stack(sums)
 
 
-def _confidence_counts(model, variables, images, label, mask, num_classes):
-    """Confusion matrix, pixel counts by confidence and outcome, and gradient sums."""
+def _confidence_sums(model, variables, images, label, mask, pred, conf):
+    """Pixel counts by confidence and outcome, and the gradient sums (`_gradient_sums`)."""
     from msjax import losses
-    from msjax.evaluation import inference, metrics
 
-    pred, conf = inference.predict(model, variables, images, label.shape[1:3])
-    matrix = metrics.confusion_matrix(pred, label, num_classes, mask=mask)
+    num_classes = model.num_classes
     valid = mask[:, None, None] & (label < num_classes)
     easy = conf > losses.EASY_PROBABILITY
     right = pred == label
@@ -217,15 +151,15 @@ def _confidence_counts(model, variables, images, label, mask, num_classes):
         jnp.sum(valid), jnp.sum(valid & easy), jnp.sum(valid & easy & right),
         jnp.sum(valid & ~easy & right), jnp.sum(valid & easy & ~right),
     ])  # fmt: skip
-    return matrix, counts, _gradient_sums(model, variables, images, mask)
+    return {"counts": counts, "grads": _gradient_sums(model, variables, images, mask)}
 
 
-def score_weights(weights_dir: str, domain: str, size: str, data_dir: str) -> dict:
-    """Scores a weights folder on a domain's val split, with its confidence statistics.
+def score_weights(weights_dir: str, dataset: str, size: str, data_dir: str) -> dict:
+    """Scores a weights folder on a data set's val split, with its confidence statistics.
 
     Args:
       weights_dir: e.g. a run's final/.
-      domain: a synthetic domain (msjax.data.synthetic.DOMAINS).
+      dataset: a generated data set, e.g. 'synthetic-fog-2'.
       size: the synthetic size, e.g. '192x96'.
       data_dir: where the synthetic data sets are prepared.
 
@@ -241,29 +175,25 @@ def score_weights(weights_dir: str, domain: str, size: str, data_dir: str) -> di
     """
     import functools
 
-    from msjax import weights, xla
+    from msjax import weights
     from msjax.data.pipeline import make_eval_stream
-    from msjax.evaluation import metrics
+    from msjax.evaluation import inference, metrics
+    from msjax.evaluation.loop import evaluate_split
 
     model, variables = weights.load(weights_dir)
     norm = weights.read_metadata(weights_dir)["input_normalization"]
-    dataset, config = synthetic.dataset_config(domain, size)
     stream = make_eval_stream(
-        dict(dataset=dataset, config=config, split="val", batch_size=20, data_dir=data_dir,
+        dict(dataset=dataset, size=size, split="val", batch_size=20, data_dir=data_dir,
              num_classes=model.num_classes, normalization=norm, flip=False, blur=False)
     )  # fmt: skip
-    step = jax.jit(
-        functools.partial(_confidence_counts, model, num_classes=model.num_classes),
-        compiler_options=xla.compiler_options(model.compile_platform),
-    )
-    matrix, counts, grads = 0, 0, 0
-    for batch in stream:
-        m, c, g = step(variables, batch["image"], batch["label"], batch["mask"])
-        matrix, counts, grads = matrix + m, counts + c, grads + g
+    extra = functools.partial(_confidence_sums, model)
+    step = inference.make_eval_step(model, model.num_classes, extra=extra)
+    matrix, sums = evaluate_split(step, variables, stream, model.num_classes)
+    counts, grads = sums["counts"], sums["grads"]
     total, easy, easy_right, uncertain_right, easy_wrong = (int(x) for x in counts)
     wrong = total - easy_right - uncertain_right
     easy_minent, all_minent, easy_maxsquare, all_maxsquare, _, all_iw = (float(x) for x in grads)
-    scores = metrics.summarize(jax.device_get(matrix))
+    scores = metrics.summarize(matrix)
     scores["class_iou"] = dict(zip(scores["classes"], scores["iou"], strict=True))
     scores.update(
         easy_pixels=easy / max(total, 1),
@@ -285,12 +215,12 @@ def score_source(config, run: StudyRun, workdir: str) -> None:
     whose fields changed since they were written are brought up to date without training.
     """
     from msjax import configlib
-    from msjax.training.run import ensure_synthetic_prepared
+    from msjax.training.run import ensure_generated_prepared
 
     folder = os.path.join(workdir, run.stage.name)
     if finished_summary(folder, run.stage.config.train.steps) is None:
         return
-    size = config.source.config
+    size = config.source.size
     for shift in config.study.shifts:
         path = os.path.join(folder, "scores", f"{shift}.json")
         if os.path.isfile(path):
@@ -298,11 +228,9 @@ def score_source(config, run: StudyRun, workdir: str) -> None:
                 if "grad_ratio_iw_maxsquare" in json.load(f):
                     continue  # scored (an older score lacks the gradient figures: redone)
         shifted = copy.deepcopy(run.stage.config)
-        configlib.use_synthetic(shifted, size, shift_domain(shift))
-        ensure_synthetic_prepared(shifted, shifted.data_dir)
-        scores = score_weights(
-            os.path.join(folder, "final"), shift_domain(shift), size, shifted.data_dir
-        )
+        configlib.use_synthetic(shifted, size, shift)
+        ensure_generated_prepared(shifted, shifted.data_dir)
+        scores = score_weights(os.path.join(folder, "final"), shift, size, shifted.data_dir)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         outputs.write_text(path, json.dumps(scores, indent=1))
 
@@ -324,7 +252,7 @@ def run_study(config, workdir: str) -> dict:
         summary = run_stage(run.stage, workdir)
         if "stop_signal" in summary:
             return {"finished": i, "ran_s": ran_s, "stop_signal": summary["stop_signal"]}
-        if run.method == "source":
+        if run.shift is None:
             score_source(config, run, workdir)
         if fresh:
             seconds = time.perf_counter() - start

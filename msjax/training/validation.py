@@ -10,10 +10,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from msjax import sharding
 from msjax.data.normalize import denormalize
 from msjax.data.pipeline import make_eval_stream
 from msjax.evaluation import inference, metrics, visualize
+from msjax.evaluation.loop import evaluate_split
 
 
 class Validator:
@@ -38,7 +38,7 @@ class Validator:
         self.stream = make_eval_stream(
             dict(
                 dataset=config.eval.dataset,
-                config=config.eval.config,
+                size=config.eval.size,
                 split=config.eval.split,
                 batch_size=batch // jax.process_count(),
                 num_classes=self.num_classes,
@@ -48,21 +48,24 @@ class Validator:
                 blur=False,
             )
         )
-        self.step = inference.make_eval_step(model, self.num_classes, return_predictions=True)
+        self.step = inference.make_eval_step(model, self.num_classes)
 
     def run(self, params, batch_stats, step: int, writer=None) -> dict:
         """Scores of one pass (metrics.summarize) and writes them (and pictures) at `step`."""
         variables = {"params": params, "batch_stats": batch_stats}
-        matrix = None
         pictures = []
-        for local in self.stream:
-            batch = sharding.to_global(local, self.mesh)
-            m, pred = self.step(variables, batch["image"], batch["label"], batch["mask"])
-            matrix = m if matrix is None else matrix + m
+
+        def keep_pictures(local, out):
             # Pictures only on a single host: a multi-host prediction is not addressable here.
             if len(pictures) < self.num_images and jax.process_count() == 1:
-                pictures.append((local, np.asarray(jax.device_get(pred))[: len(local["image"])]))
-        result = metrics.summarize(jax.device_get(matrix))
+                pred = np.asarray(jax.device_get(out["pred"]))[: len(local["image"])]
+                pictures.append((local, pred))
+
+        matrix, _ = evaluate_split(
+            self.step, variables, self.stream, self.num_classes, mesh=self.mesh,
+            on_batch=keep_pictures,
+        )  # fmt: skip
+        result = metrics.summarize(matrix)
         if writer is not None:
             scores = {"val/miou": result["miou"], "val/pixel_accuracy": result["pixel_accuracy"]}
             if "miou13" in result:
