@@ -64,9 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_pairs = 1  # global source+target pairs per step
     c.data_dir = ""  # where msjax.prepare put the data ('': WORKDIR/data for generated data)
     c.distributed = False  # join a multi-host job (jax.distributed.initialize)
-    # Slices the training data is cut into; each process reads its own. 0: one per process.
-    # A fixed number (a multiple of the process count) makes the data order, and the run,
-    # the same on any number of processes.
+    # Slices of the training data, each process reading its own (0: one per process); a fixed
+    # number (a multiple of the process count) keeps the data order on any number of them.
     c.data_shards = 0
     c.deterministic = False  # XLA's deterministic GPU kernels (docs/reliability.md)
     c.model = ml_collections.ConfigDict(

@@ -35,7 +35,7 @@ def parse_args(argv):
         'a generated one: synthetic-target (the demo\'s "real" style), synthetic-fog-2, ...',
     )
     p.add_argument("--data-dir", required=True, help="folder given to msjax.prepare --data-dir")
-    p.add_argument("--protocol", default="original", choices=PROTOCOLS)
+    p.add_argument("--protocol", default="original", choices=list(PROTOCOLS))
     p.add_argument("--flip", action="store_true", help="average with the flipped image")
     p.add_argument("--scales", default="1.0", help="comma-separated input scales to average")
     p.add_argument("--split", default=None, help="default: val (Cityscapes), test (NTHU)")

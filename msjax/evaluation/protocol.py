@@ -23,6 +23,7 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,33 @@ from msjax.errors import ConfigError, DataError
 from msjax.evaluation import inference, metrics
 from msjax.evaluation.loop import evaluate_split
 
-PROTOCOLS = ("original", "full")
-PROTOCOL_TEXT = {
-    "original": "image bicubic {size}, labels nearest {label} (the paper's protocol)",
-    "full": "image bicubic {size}, logits upsampled to the native {label} labels",
-}
 DEFAULT_INPUT_SIZE = "1024x512"
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """How the predictions of images at a prepared size are compared with labels.
+
+    Attributes:
+      text: the protocol in words ({size}: the input size, {label}: the labels' size).
+      label_size: (data set, input size) -> the prepared size of the labels compared with;
+        the logits are upsampled to it (bilinear, align corners).
+    """
+
+    text: str
+    label_size: Callable[[datasets.DataSet, str], str]
+
+
+PROTOCOLS = {
+    "original": Protocol(
+        "image bicubic {size}, labels nearest {label} (the paper's protocol)",
+        lambda dataset, size: size,
+    ),
+    "full": Protocol(
+        "image bicubic {size}, logits upsampled to the native {label} labels",
+        lambda dataset, size: datasets.FULL,
+    ),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,15 +99,15 @@ def resolve(dataset: str, protocol: str, split: str | None, input_size: str | No
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol {protocol!r}: valid protocols are {list(PROTOCOLS)}.")
     entry = datasets.get(dataset, "--dataset")
-    if protocol == "full" and entry.generated:
-        raise ConfigError(
-            f"--dataset {dataset} is generated at the prepared size and has no native-size "
-            f"labels: use --protocol original (sizes {', '.join(entry.sizes)})."
-        )
     size = input_size or default_input_size(entry)
     if size not in entry.sizes:
         raise ConfigError(f"--input-size {size!r}: {dataset} images come in {list(entry.sizes)}.")
-    label_size = size if protocol == "original" else datasets.FULL
+    label_size = PROTOCOLS[protocol].label_size(entry, size)
+    if label_size not in entry.all_sizes:
+        raise ConfigError(
+            f"--protocol {protocol}: {dataset} has no {label_size} labels (it is generated at "
+            f"the prepared sizes {', '.join(entry.sizes)}); use --protocol original."
+        )
     return Setting(entry, split or entry.eval_split, size, label_size)
 
 
@@ -219,7 +241,7 @@ def evaluate(
         "dataset": dataset,
         "split": setting.split,
         "protocol": protocol,
-        "protocol_text": PROTOCOL_TEXT[protocol].format(
+        "protocol_text": PROTOCOLS[protocol].text.format(
             size=setting.image_size, label=f"{label_hw[1]}x{label_hw[0]}" if label_hw else "?"
         ),
         "input_size": setting.image_size,

@@ -18,6 +18,7 @@ import os
 
 from msjax import weights
 from msjax.data import builders
+from msjax.errors import ConfigError
 from msjax.evaluation import inference, protocol, published, report
 from msjax.reproduction import data
 from msjax.reproduction.plan import Plan
@@ -26,20 +27,30 @@ VIEWS = (inference.SINGLE_VIEW, inference.FLIP_VIEW)
 
 
 def protocols(plan: Plan) -> tuple[list[str], list[str]]:
-    """(protocols to score, a note for each protocol left out and why)."""
+    """(protocols to score, a note for each protocol left out and why).
+
+    'original' is always scored (data.py prepares what it reads); every other protocol of
+    msjax.evaluation.protocol where the labels it compares with are prepared.
+    """
     done, notes = ["original"], []
-    if plan.row.smoke:
-        return done, ["full: the synthetic smoke data has no native-size labels"]
-    setting = data.eval_setting(plan, "full")
-    name = setting.dataset.name
-    if setting.label_size in builders.prepared_sizes(name, plan.data_dir):
-        done.append("full")
-    else:
-        notes.append(
-            f"full: {name} {setting.label_size} is not prepared in {plan.data_dir}; prepare it "
-            f"(python -m msjax.prepare {name} RAW --data-dir {plan.data_dir} --size "
-            f"{setting.label_size}) and run the same command again to add it"
-        )
+    for name in protocol.PROTOCOLS:
+        if name in done:
+            continue
+        try:
+            setting = data.eval_setting(plan, name)
+        except ConfigError as e:
+            notes.append(f"{name}: {e}")
+            continue
+        dataset = setting.dataset.name
+        if setting.label_size in builders.prepared_sizes(dataset, plan.data_dir):
+            done.append(name)
+        else:
+            notes.append(
+                f"{name}: {dataset} {setting.label_size} is not prepared in {plan.data_dir}; "
+                f"prepare it (python -m msjax.prepare {dataset} RAW --data-dir "
+                f"{plan.data_dir} --size {setting.label_size}) and run the same command again "
+                "to add it"
+            )
     return done, notes
 
 
