@@ -10,12 +10,12 @@ SETTING is an experiment config (configs/SETTING.py, whose `SETTING` is a
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from msjax import configlib, methods
 from msjax.errors import ConfigError
 from msjax.evaluation import published
 
-SETTINGS = ("gta2city", "synthia2city", "city2nthu")
 EXAMPLES = "e.g. gta2city:iw_multi, synthia2city:maxsquare, city2nthu:rome or city2nthu:rio,iw"
 
 
@@ -74,12 +74,19 @@ class Row:
         return self.method.name in published.METHODS
 
 
+def settings() -> list[str]:
+    """The config files of configs/ that define a paper setting (`SETTING`)."""
+    names = sorted(f[:-3] for f in os.listdir(configlib.CONFIGS_DIR) if f.endswith(".py"))
+    return [n for n in names if hasattr(configlib.load_module(n), "SETTING")]
+
+
 def parse_row(text: str) -> Row:
     """`'gta2city:iw_multi'` -> Row. Raises ConfigError listing what is valid."""
     name, sep, arg = text.partition(":")
-    if name not in SETTINGS or not sep:
+    known = settings()
+    if name not in known or not sep:
         raise ConfigError(
-            f"row {text!r}: expected SETTING:ARG with SETTING one of {', '.join(SETTINGS)} "
+            f"row {text!r}: expected SETTING:ARG with SETTING one of {', '.join(known)} "
             f"({EXAMPLES}); append ',smoke' for a CPU run on synthetic data."
         )
     setting = configlib.load_module(name).SETTING
