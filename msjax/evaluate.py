@@ -46,7 +46,8 @@ def parse_args(argv):
     p.add_argument("--precision", default=inference.DEFAULT_PRECISION, choices=inference.PRECISIONS,
                    help="'highest' float32 (default) or 'default' (TF32 on GPUs)")  # fmt: skip
     p.add_argument("--method", default=None, choices=published.METHODS,
-                   help="paper row to compare with (default: the paper's best)")  # fmt: skip
+                   help="paper row to compare with (default: the method the weights were trained "
+                   "with, else the paper's best)")  # fmt: skip
     p.add_argument("--out", default=None, help="report folder (default eval/CKPT/TAG)")
     p.add_argument("--save-predictions", action="store_true",
                    help="also write Cityscapes label-id PNGs to OUT/predictions")  # fmt: skip

@@ -237,7 +237,9 @@ def evaluate(
     seconds = time.perf_counter() - start
     return {
         "checkpoint": os.path.abspath(checkpoint),
-        "weights": {k: metadata.get(k) for k in ("num_classes", "input_normalization", "layout")},
+        "weights": {
+            k: metadata.get(k) for k in ("num_classes", "input_normalization", "layout", "method")
+        },
         "dataset": dataset,
         "split": setting.split,
         "protocol": protocol,

@@ -6,10 +6,11 @@ compare directly only with `--protocol original`; the report says so next to the
 Whether they used the horizontal flip is not stated: the original's only evaluation command
 passes `--flip True`, its evaluate.py defaults to no flip. Compare with both (`FLIP_NOTE`).
 
-A setting is what the evaluation can see: the target data set and the class count of the
-checkpoint (19 classes on Cityscapes = GTA5 -> Cityscapes; 16 = SYNTHIA -> Cityscapes;
-13 on an NTHU city = Cityscapes -> that city). The training method is not recorded in a
-checkpoint, so `--method` picks the row (by default the paper's best for the setting).
+Each number belongs to a setting (its config in configs/), a target data set, a class count
+and a method of msjax.methods. An evaluation sees the data set and the checkpoint's class
+count (19 classes on Cityscapes = GTA5 -> Cityscapes; 16 = SYNTHIA -> Cityscapes; 13 on an
+NTHU city = Cityscapes -> that city), and the method msjax recorded in the weights it
+trained; `--method` picks another row.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ FLIP_NOTE = (
     "the flipped image's softmax); the original does not state whether the published numbers "
     "used it"
 )
-# The methods (msjax.methods) the paper has numbers for, in its tables' order.
-METHODS = ("source", "minent", "maxsquare", "iw", "iw_multi")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,14 +29,18 @@ class Published:
     """One published result.
 
     Attributes:
-      setting: e.g. "GTA5 -> Cityscapes".
-      method: a method of msjax.methods, one of METHODS.
+      setting: the config of its setting (configs/SETTING.py), e.g. 'gta2city'.
+      target: the data set it is scored on (msjax.data.datasets), e.g. 'nthu-rome'.
+      num_classes: the classes of its models.
+      method: a method of msjax.methods.
       miou: mIoU in percent over the setting's classes (19, 16 or 13).
       miou13: SYNTHIA only: the 13-class mIoU* in percent.
       per_class: per-class IoU in percent in the setting's class order, when published.
     """
 
     setting: str
+    target: str
+    num_classes: int
     method: str
     miou: float
     miou13: float | None = None
@@ -45,10 +48,13 @@ class Published:
 
     @property
     def label(self) -> str:
-        """E.g. 'MaxSquare+IW+Multi (paper, GTA5 -> Cityscapes)'."""
+        """E.g. 'MaxSquare + IW + Multi (paper, GTA5 -> Cityscapes)'."""
         from msjax import methods
+        from msjax.data import datasets
 
-        return f"{methods.METHODS[self.method].title} (paper, {self.setting})"
+        source = {"gta2city": "GTA5", "synthia2city": "SYNTHIA", "city2nthu": "Cityscapes"}
+        route = f"{source.get(self.setting, self.setting)} -> {datasets.get(self.target).title}"
+        return f"{methods.METHODS[self.method].title} (paper, {route})"
 
 
 _GTA5_IW_MULTI_PER_CLASS = (
@@ -56,72 +62,59 @@ _GTA5_IW_MULTI_PER_CLASS = (
     78.2, 63.0, 22.9, 84.6, 36.4, 43.0, 5.5, 34.7, 33.5,
 )  # fmt: skip
 
-_GTA5 = {"source": 36.9, "minent": 42.2, "maxsquare": 44.3, "iw": 45.2, "iw_multi": 46.4}
-_SYNTHIA = {"source": (30.1, 34.3), "minent": (38.0, 44.5), "maxsquare": (39.3, 45.8),
-            "iw": (40.4, 46.9), "iw_multi": (41.4, 48.2)}  # fmt: skip
-_CROSS_CITY = {  # source only / MaxSquare / MaxSquare+IW
-    "rome": (51.0, 53.9, 54.5),
-    "rio": (48.9, 52.0, 53.3),
-    "tokyo": (47.8, 49.7, 50.5),
-    "taipei": (46.3, 49.8, 50.6),
-}
+
+def _cross_city(city: str, source: float, maxsquare: float, iw: float) -> list[Published]:
+    target = f"nthu-{city}"
+    return [Published("city2nthu", target, 13, m, v)
+            for m, v in (("source", source), ("maxsquare", maxsquare), ("iw", iw))]  # fmt: skip
 
 
-def _table(dataset: str, num_classes: int) -> dict[str, Published]:
-    if dataset == "cityscapes" and num_classes == 19:
-        setting = "GTA5 -> Cityscapes"
-        return {
-            m: Published(
-                setting,
-                m,
-                v,
-                per_class=_GTA5_IW_MULTI_PER_CLASS if m == "iw_multi" else None,
-            )
-            for m, v in _GTA5.items()
-        }
-    if dataset == "cityscapes" and num_classes == 16:
-        setting = "SYNTHIA -> Cityscapes"
-        return {m: Published(setting, m, v16, miou13=v13) for m, (v16, v13) in _SYNTHIA.items()}
-    if dataset.startswith("nthu-") and num_classes == 13:
-        city = dataset.split("-", 1)[1]
-        if city in _CROSS_CITY:
-            setting = f"Cityscapes -> {city.capitalize()}"
-            values = _CROSS_CITY[city]
-            names = ("source", "maxsquare", "iw")
-            return {m: Published(setting, m, v) for m, v in zip(names, values, strict=True)}
-    return {}
+# Every published number, in the paper's tables' order (methods of msjax.methods).
+PUBLISHED = [
+    *(Published("gta2city", "cityscapes", 19, m, v) for m, v in (
+        ("source", 36.9), ("minent", 42.2), ("maxsquare", 44.3), ("iw", 45.2))),
+    Published("gta2city", "cityscapes", 19, "iw_multi", 46.4, per_class=_GTA5_IW_MULTI_PER_CLASS),
+    *(Published("synthia2city", "cityscapes", 16, m, v, miou13=v13) for m, v, v13 in (
+        ("source", 30.1, 34.3), ("minent", 38.0, 44.5), ("maxsquare", 39.3, 45.8),
+        ("iw", 40.4, 46.9), ("iw_multi", 41.4, 48.2))),
+    *_cross_city("rome", 51.0, 53.9, 54.5),
+    *_cross_city("rio", 48.9, 52.0, 53.3),
+    *_cross_city("tokyo", 47.8, 49.7, 50.5),
+    *_cross_city("taipei", 46.3, 49.8, 50.6),
+]  # fmt: skip
+# The methods the paper has numbers for (evaluate's --method).
+METHODS = tuple(dict.fromkeys(p.method for p in PUBLISHED))
 
 
-def results(dataset: str, num_classes: int) -> list[Published]:
-    """Every published result of a setting, in METHODS order.
+def results(dataset: str, num_classes: int, setting: str | None = None) -> list[Published]:
+    """Every published result scored on `dataset` with `num_classes` (of one setting, if given).
 
     Args:
-      dataset: the evaluation data set (msjax.data.datasets): 'cityscapes' or 'nthu-CITY'.
+      dataset: the evaluation data set (msjax.data.datasets), e.g. 'cityscapes'.
       num_classes: classes of the checkpoint.
+      setting: a setting's config name; None: any (the checkpoint does not record it).
 
     Returns:
-      A list, empty when the paper has no result for the setting.
+      A list, in the paper's order, empty when the paper has no result there.
     """
-    table = _table(dataset, num_classes)
-    return [table[m] for m in METHODS if m in table]
+    return [
+        p for p in PUBLISHED
+        if p.target == dataset and p.num_classes == num_classes
+        and setting in (None, p.setting)
+    ]  # fmt: skip
 
 
-def result(dataset: str, num_classes: int, method: str | None = None) -> Published | None:
-    """One published result of a setting.
+def result(dataset: str, num_classes: int, method: str | None = None,
+           setting: str | None = None) -> Published | None:  # fmt: skip
+    """One published result: of `method`, or the paper's best there; None where there is none.
 
     Args:
-      dataset: 'cityscapes' or 'nthu-CITY'.
-      num_classes: classes of the checkpoint.
-      method: a key of METHODS; None for the paper's best result in that setting.
-
-    Returns:
-      The result, or None when the setting (or the method in it) has none.
+      dataset, num_classes, setting: as in `results`.
+      method: a method of msjax.methods; None for the paper's best result there.
     """
     if method is not None and method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
-    rows = results(dataset, num_classes)
-    if not rows:
-        return None
+    rows = results(dataset, num_classes, setting)
     if method is None:
-        return max(rows, key=lambda r: r.miou)
+        return max(rows, key=lambda r: r.miou) if rows else None
     return next((r for r in rows if r.method == method), None)

@@ -21,7 +21,13 @@ def _pct(value) -> str:
 
 
 def _published_for(results: dict, method: str | None):
-    return published.result(results["dataset"], results["scores"]["num_classes"], method)
+    """The paper's row of `method`; without one, of the method the weights were trained with
+    (msjax records it), else the paper's best on that data set."""
+    trained = results.get("weights", {}).get("method")
+    if method is None and trained in published.METHODS:
+        method = trained
+    found = published.result(results["dataset"], results["scores"]["num_classes"], method)
+    return found or published.result(results["dataset"], results["scores"]["num_classes"])
 
 
 def views_note(views: dict) -> str:

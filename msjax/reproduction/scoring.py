@@ -57,7 +57,7 @@ def protocols(plan: Plan) -> tuple[list[str], list[str]]:
 def _paper(plan: Plan) -> published.Published | None:
     row = plan.row
     n = plan.config.model.num_classes
-    return published.result(row.target, n, row.method.name) if row.published else None
+    return published.result(row.target, n, row.method.name, setting=row.setting.name)
 
 
 def _evaluate_one(plan: Plan, path: str, name: str, step: int, protocol_name, views, progress):
