@@ -138,7 +138,7 @@ def test_gta2city_iw_multi_smoke_runs_every_stage_and_resumes_after_a_kill(
 
     assert reproduce.main(args + ["--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "source_multi: source-only + multi-level (0.1 CE(aux))" in out
+    assert "source_multi: Source only + aux CE, synthetic-source/128x64/train" in out
     assert "finished earlier" in out.split("== iw_multi")[0]
     assert "finished earlier" not in out.split("== iw_multi")[1]
 
@@ -170,7 +170,7 @@ def test_city2nthu_rome_smoke_trains_the_shared_source_then_adapts(tmp_path, smo
     row = parse_row("city2nthu:rome,smoke")
     plan = make_plan(row, tmp_path / "paper", smoke_data_dir)
     make_workdir(plan)
-    assert [s.name for s in plan.stages] == ["source", "rome_maxsquare"]
+    assert [s.name for s in plan.stages] == ["source", "nthu-rome_maxsquare"]
     record = reproduce_plan(plan, {}, progress=False)
     chain = {s["stage"]: s for s in record["chain"]}
     assert chain["source"]["eval"] == "synthetic-source/128x64/val"

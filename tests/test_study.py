@@ -94,7 +94,7 @@ def test_study_smoke_runs_resumes_and_reports(tmp_path):
     for dataset, config in (
         ("synthetic-source", "128x64"),
         ("synthetic-target", "128x64"),
-        ("synthetic_fog", "s2_128x64"),
+        ("synthetic-fog-2", "128x64"),
     ):
         prepare_one(dataset, config, data_dir, max_examples=16)
     c.data_dir = data_dir

@@ -130,7 +130,7 @@ def test_smoke_variant_trains_two_steps(tmp_path, synthetic_dir, name, arg):
     assert summary["final_step"] == 2 and 0.0 <= summary["last_miou"] <= 1.0
     # A source run validates on the source style's val split; 16 classes select by mIoU13.
     style = "source" if "source" in arg else "target"
-    assert summary["eval"] == f"synthetic_{style}/128x64/val"
+    assert summary["eval"] == f"synthetic-{style}/128x64/val"
     assert summary["select"] == ("miou13" if name == "synthia2city" else "miou")
     assert summary["best_score"] == summary["last_scores"][summary["select"]]
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
