@@ -15,7 +15,7 @@ import os
 
 _CACHE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache")
 
-# Must be set before jax is imported anywhere in the test session.
+# Must be set before jax is imported anywhere in the test run.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE_DIR)

@@ -198,6 +198,11 @@ BLOCKS, WIDTH = (1, 1, 1, 1), 8
 def random_variables(num_classes: int, seed: int = 0):
     """(model, variables) of a tiny DeepLabV2 with He-scaled random weights."""
     model = tiny_deeplabv2(num_classes=num_classes, blocks=BLOCKS, width=WIDTH)
+    return model, he_random_variables(model, seed)
+
+
+def he_random_variables(model, seed: int = 0):
+    """He-scaled random weights for `model`, BN statistics 0 and 1 (nothing compiled)."""
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, 33, 33, 3)), train=False)
     )
@@ -215,7 +220,7 @@ def random_variables(num_classes: int, seed: int = 0):
             return rng.normal(0.0, 0.1, shape).astype(np.float32)
         return np.zeros(shape, np.float32)
 
-    return model, jax.tree_util.tree_map_with_path(draw, shapes)
+    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def save_random_checkpoint(out_dir, num_classes: int = 19, seed: int = 0):

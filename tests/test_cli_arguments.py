@@ -119,7 +119,7 @@ def test_prepare_arguments(gta5, tmp_path, capsys, args, case):
 
 
 def test_prepare_overwrite_that_fails_keeps_the_prepared_data(gta5, tmp_path, capsys):
-    """The issue's data loss: TFDS deleted the prepared data set before rebuilding it."""
+    """TFDS deletes a prepared data set before rebuilding it: a failed rebuild must not."""
     data = prepared_copy(gta5, tmp_path)
     before = tree(data)
     args = ["gta5", gta5 / "bad", "--data-dir", data, "--overwrite", "--no-progress"]
@@ -332,7 +332,7 @@ def test_predict_that_fails_half_way_leaves_out_as_it_was(weights_dir, images, t
 
 
 def test_predict_out_inside_the_images_folder(weights_dir, images, capsys):
-    """A second run used to take the first run's pictures for inputs (and so on)."""
+    """Unchecked, a second run would take the first run's pictures for inputs (and so on)."""
     out = images / "pred"
     for _ in range(2):
         assert predict.main([str(a) for a in predict_args(weights_dir, images, out)]) == 0

@@ -87,9 +87,11 @@ def test_every_shipped_config_passes_the_checks():
     "fields, case",
     [({"train.steps": -1}, "steps -1"), ({"loss.lambda_target": math.nan}, "lambda nan")],
 )
-def test_issue_cases_fail_before_anything_is_written(tmp_path, capsys, synthetic_dir, fields, case):
-    """train.steps=-1 used to 'succeed' with untrained best/ and final/ exports; a NaN
-    lambda_target used to stop after a step with 'last good checkpoint (step None)'."""
+def test_invalid_values_fail_before_anything_is_written(
+    tmp_path, capsys, synthetic_dir, fields, case
+):
+    """Unchecked, train.steps=-1 'succeeds' with untrained best/ and final/ exports, and a
+    NaN lambda_target stops after a step with 'last good checkpoint (step None)'."""
     c = smoke(synthetic_dir)
     for dotted, value in fields.items():
         section, field = dotted.split(".")
@@ -100,15 +102,15 @@ def test_issue_cases_fail_before_anything_is_written(tmp_path, capsys, synthetic
 
 
 def test_empty_workdir_argument(tmp_path, capsys, synthetic_dir, monkeypatch):
-    """`--workdir=` (an unset shell variable) used to train into the current folder."""
+    """`--workdir=` (an unset shell variable) must not train into the current folder."""
     monkeypatch.chdir(tmp_path)
     fails(capsys, smoke(synthetic_dir), "", "empty workdir")
     assert os.listdir(tmp_path) == []
 
 
 def test_demo_fields_are_checked_before_the_first_stage():
-    """demo.adapt_lr=nan used to surface only after the source stage had trained, and
-    demo.source_steps=0 was reported as config.optim.iter_max=0."""
+    """Unchecked, demo.adapt_lr=nan surfaces only after the source stage has trained, and
+    demo.source_steps=0 is reported as config.optim.iter_max=0."""
     for field, value, message in [
         ("source_steps", 0, "config.demo.source_steps=0: must be an integer >= 1"),
         ("adapt_steps", -5, "config.demo.adapt_steps=-5"),
@@ -126,9 +128,9 @@ def test_demo_fields_are_checked_before_the_first_stage():
 
 @pytest.mark.slow
 def test_workdir_past_the_end_foreign_or_of_another_architecture(tmp_path, capsys, synthetic_dir):
-    """A finished 4-step run, then: 2 steps (used to export step 4 as a 2-step success), a
-    wider model under --allow_config_change (used to fail in Orbax with 'move the
-    checkpoint out of the way')."""
+    """A finished 4-step run, then: 2 steps (unchecked, step 4 is exported as a 2-step
+    success), a wider model under --allow_config_change (unchecked, Orbax fails with 'move
+    the checkpoint out of the way')."""
     run = tmp_path / "run"
     c = smoke(synthetic_dir, steps=4)
     c.train.checkpoint_every = 2
@@ -170,7 +172,7 @@ def test_weights_error_names_what_the_path_is(tmp_path):
 
 @pytest.mark.slow
 def test_distributed_without_a_cluster_cli(tmp_path):
-    """jax.distributed.initialize() found no job to join: its ValueError was a traceback."""
+    """jax.distributed.initialize() found no job to join: its ValueError is no traceback."""
     result = run_cli(
         "--config", "gta2city.py:smoke", f"--workdir={tmp_path}/run", "--config.distributed=True"
     )

@@ -280,7 +280,7 @@ def test_deterministic_flag_after_jax_started_is_an_error_not_ignored(
 ):
     import jax
 
-    jax.devices()  # this test session's backend is running
+    jax.devices()  # this process's JAX backend is running
     c = smoke(synthetic_dir)
     c.deterministic = True
     assert train.run(c, str(tmp_path)) == 2

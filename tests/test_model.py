@@ -117,6 +117,17 @@ def test_space_to_batch_atrous_equals_native(dilation):
         assert rel_err(a, b) <= 1e-6
 
 
+def train_mode_apply(model):
+    """Jitted training-mode forward: ((main, aux), updated batch_stats); one compilation, not
+    one per operation as an eager apply makes."""
+    return jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+
+
+def eval_mode_apply(model):
+    """Jitted evaluation-mode forward: (main, aux)."""
+    return jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+
 @pytest.fixture(scope="module")
 def tiny():
     """A tiny torch reference and the same weights as msjax variables (via the converter)."""
@@ -159,7 +170,7 @@ def test_atrous_implementations_agree_in_training(tiny):
 def test_per_image_batch_equals_sequential_single_images(tiny):
     _, model, variables = tiny
     images = jnp.asarray(np.random.RandomState(1).randn(4, 33, 41, 3), jnp.float32)
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    apply = train_mode_apply(model)
     with jax.default_matmul_precision("highest"):
         (main, aux), batched = apply(variables, images)
         state, outs = dict(variables), []
@@ -180,9 +191,7 @@ def test_batch_mode_matches_torch_train_mode(tiny):
     reference = copy.deepcopy(torch_model).train()
     ref = forward_nhwc(reference, images, per_image=False)
     with jax.default_matmul_precision("highest"):
-        out, updated = model.clone(bn_mode="batch").apply(
-            variables, images, train=True, mutable=["batch_stats"]
-        )
+        out, updated = train_mode_apply(model.clone(bn_mode="batch"))(variables, images)
     assert rel_err(out[0], ref[0]) <= 1e-5 and rel_err(out[1], ref[1]) <= 1e-5
     ref_var = reference.layer2[0].bn3.running_var.numpy()
     assert rel_err(updated["batch_stats"]["layer2_0"]["bn3"]["var"], ref_var) <= 1e-5
@@ -193,9 +202,7 @@ def test_frozen_mode_uses_running_stats_and_updates_nothing(tiny):
     images = np.random.RandomState(3).randn(2, 33, 33, 3).astype(np.float32)
     ref = forward_nhwc(copy.deepcopy(torch_model).eval(), images, per_image=False)
     with jax.default_matmul_precision("highest"):
-        out, updated = model.clone(bn_mode="frozen").apply(
-            variables, images, train=True, mutable=["batch_stats"]
-        )
+        out, updated = train_mode_apply(model.clone(bn_mode="frozen"))(variables, images)
     assert rel_err(out[0], ref[0]) <= 1e-5
     for a, b in zip(
         jax.tree.leaves(updated), jax.tree.leaves(variables["batch_stats"]), strict=True
@@ -225,8 +232,8 @@ def test_faithful_heads_sum_two_branches_and_leave_two_without_gradient(tiny):
 def test_bfloat16_compute_gives_float32_logits_close_to_float32(tiny):
     _, model, variables = tiny
     images = jnp.asarray(np.random.RandomState(5).randn(2, 33, 45, 3), jnp.float32)
-    ref = model.apply(variables, images, train=False)
-    out = model.clone(dtype=jnp.bfloat16).apply(variables, images, train=False)
+    ref = eval_mode_apply(model)(variables, images)
+    out = eval_mode_apply(model.clone(dtype=jnp.bfloat16))(variables, images)
     assert out[0].dtype == jnp.float32
     # bfloat16 has an 8-bit mantissa (relative step 2^-8 = 0.4%) per operation.
     assert rel_err(out[0], ref[0]) <= 5e-2 and rel_err(out[1], ref[1]) <= 5e-2

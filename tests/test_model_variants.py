@@ -7,6 +7,7 @@ import pytest
 
 from msjax.models import DeepLabV2, tiny_deeplabv2
 from msjax.models.layers import resolve_atrous
+from tests.helpers import he_random_variables
 
 
 def rel_err(a, b) -> float:
@@ -33,9 +34,7 @@ def _loss_grads_stats(model, variables, images):
 def tiny_reference():
     """A tiny model, its variables, a batch, and the default implementation's results."""
     model = tiny_deeplabv2(num_classes=4, blocks=(1, 1, 2, 1))
-    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 33, 33, 3)), train=False))(
-        jax.random.key(0)
-    )
+    variables = he_random_variables(model)
     images = jnp.asarray(np.random.RandomState(0).randn(2, 41, 53, 3) * 50, jnp.float32)
     return model, variables, images, _loss_grads_stats(model, variables, images)
 

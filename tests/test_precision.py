@@ -143,6 +143,7 @@ def test_bfloat16_step_keeps_state_and_losses_float32():
         assert value.dtype == np.float32, name
 
 
+@pytest.mark.slow
 def test_bfloat16_gradient_follows_float32_at_one_step():
     """One step from the same weights and batch, so nothing has diverged yet.
 

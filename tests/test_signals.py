@@ -88,8 +88,8 @@ def test_ctrl_c_twice_keeps_the_checkpoints(smoke_data_dir, tmp_path):
 
 
 def test_ctrl_c_while_the_command_starts_is_never_lost(tmp_path, capsys, monkeypatch):
-    """Before, a Ctrl-C during start-up could end in a traceback, or be swallowed (by JAX's
-    garbage-collection hook) so that the run trained to the end and exited 0."""
+    """Unhandled, a Ctrl-C during start-up ends in a traceback, or is swallowed (by JAX's
+    garbage-collection hook) so that the run trains to the end and exits 0."""
     real_parse = cli.parse_config_flags
 
     def parse_then_ctrl_c(argv, *args, **kwargs):
@@ -136,7 +136,7 @@ def test_missing_or_folder_config_file_cli(tmp_path, capsys):
 
 
 def test_a_damaged_stage_summary_runs_the_stage_again(tmp_path):
-    """The demo skips finished stages by their results.json; a damaged one was a traceback."""
+    """The demo skips finished stages by their results.json; a damaged one is no traceback."""
     (tmp_path / "results.json").write_text('{"final_step": 4')
     assert finished_summary(str(tmp_path), 4) is None
     (tmp_path / "results.json").write_text(json.dumps({"final_step": 4}))

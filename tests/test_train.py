@@ -153,6 +153,7 @@ def test_smoke_variant_trains_two_steps(tmp_path, synthetic_dir, name, arg):
     assert meta["select"] == summary["select"] and summary["select"] in meta
 
 
+@pytest.mark.slow
 def test_end_to_end_on_fixture_gta5_and_cityscapes(tmp_path):
     raw = tmp_path / "raw"
     make_gta5(raw / "gta5")
