@@ -190,7 +190,7 @@ def test_city2nthu_rome_smoke_trains_the_shared_source_then_adapts(tmp_path, smo
     [
         (["gta2city:iw_mult"], "gta2city: unknown config argument 'iw_mult'; valid: a method"),
         (["city2nthu:iw"], "valid: one of rome, rio, tokyo, taipei, a method"),
-        (["nowhere:iw"], "expected SETTING:ARG with SETTING one of gta2city"),
+        (["nowhere:iw"], "expected SETTING:ARG with SETTING one of city2nthu, gta2city"),
         (["gta2city:iw"], "--init is required to train the source model"),
         (["gta2city:source", "--source-weights=W"], "is the source-only row"),
         (["gta2city:iw,smoke", "--gta5=RAW"], "runs on generated synthetic data"),

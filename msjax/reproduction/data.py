@@ -28,6 +28,15 @@ def eval_input(plan: Plan) -> tuple[str, str]:
     return plan.row.target, protocol.DEFAULT_INPUT_SIZE
 
 
+def eval_sizes(plan: Plan) -> list[str]:
+    """Input sizes the report scores at: the paper's protocol size, and the size the method
+    trains and validates its target at when that differs (IW + Multi: Cityscapes 1280x640,
+    where the original's run picks its best checkpoint)."""
+    _, size = eval_input(plan)
+    extra = plan.row.method.target_size
+    return [size] + ([extra] if extra and extra != size and not plan.row.smoke else [])
+
+
 def eval_setting(plan: Plan, protocol_name: str = "original") -> protocol.Setting:
     """Where the report's evaluation reads its images (and labels) under a protocol."""
     dataset, size = eval_input(plan)

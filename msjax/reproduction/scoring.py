@@ -60,9 +60,12 @@ def _paper(plan: Plan) -> published.Published | None:
     return published.result(row.target, n, row.method.name, setting=row.setting.name)
 
 
-def _evaluate_one(plan: Plan, path: str, name: str, step: int, protocol_name, views, progress):
+def _evaluate_one(plan: Plan, path: str, name: str, step: int, size: str, protocol_name, views,
+                  progress):  # fmt: skip
     """The results of one evaluation: reused from its folder when done for this step."""
     tag = f"{name}_{protocol_name}" + ("_flip" if views.flip else "")
+    if size != data.eval_sizes(plan)[0]:
+        tag += f"_{size}"
     out = os.path.join(plan.report_dir, "eval", tag)
     saved = os.path.join(out, "results.json")
     if os.path.isfile(saved):
@@ -70,7 +73,7 @@ def _evaluate_one(plan: Plan, path: str, name: str, step: int, protocol_name, vi
             results = json.load(f)
         if results.get("checkpoint_step") == step:
             return results, saved
-    dataset, size = data.eval_input(plan)
+    dataset, _ = data.eval_input(plan)
     results = protocol.evaluate(
         path,
         dataset,
@@ -90,31 +93,22 @@ def evaluate_checkpoints(plan: Plan, progress: bool = True) -> tuple[list[dict],
     """Scores every checkpoint of the plan; returns (entries, protocols left out)."""
     names, notes = protocols(plan)
     entries, by_step = [], {}
+    runs = [(s, p, v) for s in data.eval_sizes(plan) for p in names for v in VIEWS]
     for ckpt in plan.checkpoints:
         step = weights.read_metadata(ckpt.path).get("step")
-        for protocol_name in names:
-            for views in VIEWS:
-                key = (step, protocol_name, views.flip)
-                if key in by_step:  # best/ is final/ (same step): the same weights
-                    results, saved = by_step[key]
-                else:
-                    results, saved = _evaluate_one(
-                        plan, ckpt.path, ckpt.name, step, protocol_name, views, progress
-                    )
-                    by_step[key] = results, saved
-                scores = results["scores"]
-                entries.append(
-                    dict(
-                        checkpoint=ckpt.name,
-                        step=step,
-                        protocol=protocol_name,
-                        flip=views.flip,
-                        miou=scores["miou"],
-                        miou13=scores.get("miou13"),
-                        num_images=results["num_images"],
-                        results=saved,
-                    )
+        for size, protocol_name, views in runs:
+            key = (step, size, protocol_name, views.flip)
+            if key not in by_step:  # else best/ is final/ (same step): the same weights
+                by_step[key] = _evaluate_one(
+                    plan, ckpt.path, ckpt.name, step, size, protocol_name, views, progress
                 )
+            results, saved = by_step[key]
+            scores = results["scores"]
+            entries.append(
+                dict(checkpoint=ckpt.name, step=step, input_size=size, protocol=protocol_name,
+                     flip=views.flip, miou=scores["miou"], miou13=scores.get("miou13"),
+                     num_images=results["num_images"], results=saved)
+            )  # fmt: skip
     return entries, notes
 
 
@@ -145,6 +139,16 @@ def report_record(plan: Plan, summaries: dict, entries: list[dict], notes: list[
             "validates on), the original's practice: numbers of best/ use target labels for "
             "selection; final/ does not"
         )
+    sizes = data.eval_sizes(plan)
+    if len(sizes) > 1:
+        notes.append(
+            f"input {sizes[1]}: the size this method trains and validates its target at; the "
+            f"original's run picks its best checkpoint there, while its README's evaluation "
+            f"command (tools/evaluate.py, default --target_crop_size) scores at {sizes[0]}. "
+            "Which one the published number used is not stated: a best_MIou recorded during "
+            f"training would be the {sizes[1]} figure, a run of the README's command the "
+            f"{sizes[0]} one; both are reported"
+        )
     if plan.row.smoke:
         notes.append("smoke run: tiny model, two steps per run, synthetic data; its numbers "
                      "are not comparable with the paper's")  # fmt: skip
@@ -169,11 +173,15 @@ def _table(record: dict) -> list[str]:
     metrics = ["miou", "miou13"] if has13 else ["miou"]
     names = {"miou": "mIoU16 %" if has13 else "mIoU %", "miou13": "mIoU13 %"}
     paper = [f"{pub[m]:.1f}" if pub.get(m) is not None else "-" for m in metrics]
-    header = ["checkpoint", "step", "protocol", "flip"] + [names[m] for m in metrics]
+    header = ["checkpoint", "step", "input", "protocol", "flip"] + [names[m] for m in metrics]
     header += [f"paper {names[m]}" for m in metrics]
-    lines = ["| " + " | ".join(header) + " |", "|---|---:|---|---|" + "---:|" * 2 * len(metrics)]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|---|---:|---|---|---|" + "---:|" * 2 * len(metrics),
+    ]
     for e in record["evaluations"]:
-        cells = [e["checkpoint"], str(e["step"]), e["protocol"], "yes" if e["flip"] else "no"]
+        cells = [e["checkpoint"], str(e["step"]), e.get("input_size", "-"), e["protocol"],
+                 "yes" if e["flip"] else "no"]  # fmt: skip
         cells += [_pct(e[m]) for m in metrics] + paper
         lines.append("| " + " | ".join(cells) + " |")
     return lines
