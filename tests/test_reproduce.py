@@ -223,3 +223,16 @@ def test_missing_raw_folder_names_the_flag(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cityscapes 1024x512 is not prepared in" in err and "pass --cityscapes RAW_DIR" in err
     assert not (tmp_path / "paper").exists()
+
+
+def test_iw_multi_is_scored_at_its_training_size_too():
+    from msjax import reproduction
+    from msjax.reproduction import data
+
+    def sizes(row):
+        return data.eval_sizes(reproduction.make_plan(reproduction.parse_row(row), "/w"))
+
+    assert sizes("gta2city:iw_multi") == ["1024x512", "1280x640"]
+    assert sizes("synthia2city:iw_multi") == ["1024x512", "1280x640"]
+    assert sizes("gta2city:iw") == sizes("city2nthu:rome,iw") == ["1024x512"]
+    assert sizes("gta2city:iw_multi,smoke") == ["128x64"]
