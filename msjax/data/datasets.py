@@ -98,7 +98,7 @@ def _nthu(city: str) -> DataSet:
         class_counts=(13,),
         raw=Raw(
             "nthu",
-            functools.partial(layouts.nthu, city=city),
+            functools.partial(layouts.nthu, city=city, cities=NTHU_CITIES),
             "RAW_DIR/{Rome,Rio,Tokyo,Taipei}/Images/{Train,Test}/ID.jpg (or .png) and "
             "RAW_DIR/CITY/Labels/Test/ID_eval.png (Cityscapes ids); RAW_DIR may also be "
             "one city folder",

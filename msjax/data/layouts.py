@@ -212,12 +212,10 @@ def cityscapes(dataset, root: Path, lists, skip_missing) -> Layout:
     return _layout(dataset, root, all_pairs, lists, skipped, expect, skip_missing)
 
 
-def _nthu_city_dir(dataset, root: Path, city: str) -> Path:
+def _nthu_city_dir(dataset, root: Path, city: str, cities) -> Path:
     """Accepts the NTHU root (holding City folders) or one city's folder as RAW_DIR."""
-    from msjax.data.datasets import NTHU_CITIES  # the table imports this module
-
     if (root / "Images").is_dir():
-        if root.name.lower() in NTHU_CITIES and root.name.lower() != city:
+        if root.name.lower() in cities and root.name.lower() != city:
             raise DataError(
                 f"{dataset.name}: {root} looks like the folder of one city ({root.name}), not "
                 f"of {city.capitalize()}; pass the NTHU root or the {city.capitalize()} folder."
@@ -229,9 +227,12 @@ def _nthu_city_dir(dataset, root: Path, city: str) -> Path:
     raise _missing(dataset, root, root / city.capitalize())
 
 
-def nthu(dataset, root: Path, lists, skip_missing, *, city: str) -> Layout:
-    """One NTHU city: CITY/Images/{Train,Test}/ID.jpg, CITY/Labels/Test/ID_eval.png."""
-    city_dir = _nthu_city_dir(dataset, root, city)
+def nthu(dataset, root: Path, lists, skip_missing, *, city: str, cities) -> Layout:
+    """One NTHU city: CITY/Images/{Train,Test}/ID.jpg, CITY/Labels/Test/ID_eval.png.
+
+    `cities`: every city's name, to tell the folder of another city from the NTHU root.
+    """
+    city_dir = _nthu_city_dir(dataset, root, city, cities)
     skipped: list = []
     splits = {}
     image_re = r"\.(png|jpe?g)"
