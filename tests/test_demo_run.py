@@ -17,10 +17,10 @@ def test_demo_smoke_prints_the_table_and_exits_soon_after(tmp_path):
         ["msjax.demo", "--config", "demo.py:smoke", f"--workdir={workdir}"], tail=12
     )
     assert status == 0, out
-    assert "source only" in out and "MinEnt" in out and "vs control" in out, out
+    assert "Source only" in out and "MinEnt" in out and "vs control" in out, out
     assert "wall time" in out
     results = json.loads((workdir / "results.json").read_text())
-    assert set(results["target_miou"]) == {"source", "bn_stats_only", "minent", "maxsquare"}
+    assert set(results["target_miou"]) == {"source", "control", "minent", "maxsquare"}
     assert all(0.0 <= v <= 1.0 for v in results["target_miou"].values())
     print(f"demo: seconds from the table to exit {delay:.1f}")
     assert delay <= EXIT_GRACE_S

@@ -159,7 +159,7 @@ def test_gta2city_iw_multi_smoke_runs_every_stage_and_resumes_after_a_kill(
     assert all(0.0 <= e["miou"] <= 1.0 and e["num_images"] == 24 for e in report["evaluations"])
     text = (report_dir / "report.md").read_text()
     assert "does not state whether the published numbers" in text and "| 46.4 |" in text
-    assert text.count("| best | 2 | original |") == 2  # with and without flip
+    assert text.count("| best | 2 | 128x64 | original |") == 2  # with and without flip
 
 
 @pytest.mark.slow
