@@ -151,6 +151,18 @@ def ensure_generated_prepared(config, data_dir: str) -> None:
         multihost_utils.sync_global_devices("msjax: synthetic data prepared")
 
 
+def check_prepared(config, method: Method, data_dir: str) -> None:
+    """Raises DataError naming the first stream or validation split whose data is not prepared.
+
+    Before the model is built, so that a missing data set costs no compilation.
+    """
+    from msjax.data import builders
+
+    sections = [config.source, config.eval] + ([config.target] if method.adapting else [])
+    for section in sections:
+        builders.load_builder(section.dataset, section.size, data_dir)
+
+
 def data_shards(config) -> int:
     """How many slices the training splits are cut into (config.data_shards, 0: processes)."""
     return config.data_shards or jax.process_count()
@@ -243,6 +255,7 @@ def build_run(config, workdir: str, allow_config_change: bool = False) -> Run:
     prepare_workdir(workdir, config, allow_config_change)
     data_dir = data_dir_for(config, workdir)
     ensure_generated_prepared(config, data_dir)
+    check_prepared(config, method, data_dir)
     model, variables, init_meta = build_model(config, sharding.platform(mesh))
     optimizer = build_optimizer(config, model, method, variables["params"])
     step_fn = jit_train_step(
