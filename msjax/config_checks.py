@@ -23,7 +23,7 @@ from msjax.data.labels import IGNORE, VALID_NUM_CLASSES
 from msjax.data.normalize import NORMALIZATIONS
 from msjax.errors import ConfigError, DataError
 from msjax.models import ATROUS_IMPLS, BN_MODES, STRIDE_PLACEMENTS
-from msjax.training.optim import SCHEDULES
+from msjax.optim import SCHEDULES
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 

@@ -20,7 +20,7 @@ from ml_collections import config_dict
 from msjax import methods
 from msjax.data import datasets
 from msjax.errors import ConfigError
-from msjax.training.optim import ORIGINAL_OPTIM
+from msjax.optim import ORIGINAL_OPTIM
 
 EPOCH_STEPS = 2975  # the length of Cityscapes train: one "epoch" of the original
 # Source-only pretraining (README of the original: --iter_max 200000 --iter_stop 80000).

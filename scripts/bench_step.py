@@ -6,7 +6,7 @@
 Each row runs in its own subprocess (clean peak-memory figures, a timeout per row, and JAX's
 GPU memory pool never competes with PyTorch's). A row builds the full DeepLabV2 and the real
 step from `msjax.training.step.make_train_step` (per-image BN, MaxSquare target loss,
-lambda 0.1, faithful SGD groups from `msjax.training.optim`), jits it once with the state
+lambda 0.1, faithful SGD groups from `msjax.optim`), jits it once with the state
 donated and msjax's compiler options (`--keep-barriers off` drops them),
 feeds synthetic tensors of the training shapes (no TensorFlow, no data sets), and times
 `--steps` synchronised iterations after `--warmup`. The PyTorch rows train
@@ -144,11 +144,10 @@ def jax_setup(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from msjax import xla
+    from msjax import optim, xla
     from msjax.configlib import ORIGINAL_LOSS
     from msjax.methods import METHODS
     from msjax.models import DeepLabV2
-    from msjax.training import optim
     from msjax.training import step as ts
 
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]

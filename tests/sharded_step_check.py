@@ -38,12 +38,15 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from msjax import losses, sharding  # noqa: E402
+from msjax import (  # noqa: E402
+    losses,
+    optim,  # noqa: E402
+    sharding,
+)
 from msjax.configlib import ORIGINAL_LOSS  # noqa: E402
 from msjax.methods import METHODS  # noqa: E402
 from msjax.models import tiny_deeplabv2  # noqa: E402
-from msjax.training import optim  # noqa: E402
-from msjax.training.optim import ORIGINAL_OPTIM  # noqa: E402
+from msjax.optim import ORIGINAL_OPTIM  # noqa: E402
 from msjax.training.step import (  # noqa: E402
     create_train_state,
     jit_train_step,

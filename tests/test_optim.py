@@ -7,8 +7,8 @@ import optax
 import pytest
 import torch
 
+from msjax import optim
 from msjax.errors import ConfigError
-from msjax.training import optim
 
 OPTIM = dict(
     optim.ORIGINAL_OPTIM,

@@ -19,11 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msjax import configlib
+from msjax import configlib, optim
 from msjax.data import normalize, synthetic
 from msjax.methods import METHODS
 from msjax.models import DeepLabV2, tiny_deeplabv2
-from msjax.training import optim
 from msjax.training import step as ts
 
 LOSS = configlib.ORIGINAL_LOSS

@@ -12,14 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msjax import train
+from msjax import optim, train
 from msjax.configlib import ORIGINAL_LOSS
 from msjax.data import labels
 from msjax.data.preparation import prepare_one
 from msjax.errors import ConfigError
 from msjax.methods import METHODS
 from msjax.models import tiny_deeplabv2
-from msjax.training import optim
 from msjax.training.loop import train_and_evaluate
 from msjax.training.step import compute_loss
 from tests.helpers import load_config, make_cityscapes, make_gta5, run_main

@@ -115,11 +115,10 @@ def test_residual_blocks_are_not_recomputed_by_later_blocks():
 def test_msjax_jits_compile_with_the_options():
     """The train step and the prediction function keep the blocks' barriers; a plain jit of
     the same function does not (XLA:CPU expands them away)."""
-    from msjax import sharding
+    from msjax import optim, sharding
     from msjax.configlib import ORIGINAL_LOSS
     from msjax.evaluation import inference
     from msjax.methods import METHODS
-    from msjax.training import optim
     from msjax.training.step import jit_train_step, make_train_step
 
     model = tiny_deeplabv2(num_classes=5)

@@ -18,12 +18,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from msjax import config_checks, methods, sharding, weights
+from msjax import config_checks, methods, optim, sharding, weights
 from msjax.data import datasets
 from msjax.errors import WeightsError
 from msjax.methods import Method
 from msjax.models import DeepLabV2
-from msjax.training import optim
 from msjax.training.checkpoints import RunCheckpoints
 from msjax.training.step import TrainState, create_train_state, jit_train_step, make_train_step
 from msjax.training.validation import Validator
