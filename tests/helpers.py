@@ -104,7 +104,7 @@ def _save(path: Path, array: np.ndarray, mode: str | None = None) -> None:
     if path.suffix == ".jpg":
         img.save(path, quality=95)
     else:
-        img.save(path)
+        img.save(path, compress_level=1)  # quick for the full-size fakes; PNG is lossless
 
 
 def make_gta5(root: Path, n: int = 4, orphans: bool = True, size=SIZE, keys=None) -> dict:
