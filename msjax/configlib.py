@@ -28,6 +28,7 @@ SOURCE_STEPS, SOURCE_ITER_MAX = 80_000, 200_000
 # train_source.py validates after every "epoch", an epoch being at most 5,000 steps.
 SOURCE_EPOCH_CAP = 5000
 SELECT_METRICS = ("miou", "miou13")
+TINY_MODEL = dict(blocks=(1, 1, 1, 1), width=8)  # the smoke runs' DeepLabV2
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 # The original's loss hyper-parameters (GTA5 -> Cityscapes): the fields of config.loss.
@@ -243,8 +244,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
     streams read generated data (no download; prepared on first use), and the run lasts
     two steps with one evaluation.
     """
-    c.model.blocks = (1, 1, 1, 1)
-    c.model.width = 8
+    c.model.update(TINY_MODEL)
     c.init.checkpoint = ""
     use_synthetic(c, "128x64")
     c.eval.batch_size = 8

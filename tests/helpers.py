@@ -5,7 +5,9 @@
   `_gtFine_labelIds.png` (plus the `_color` and `_instanceIds` files that must be ignored),
   GTA5 5-digit names with palette-mode labels, SYNTHIA 16-bit three-channel label PNGs (id in
   channel 0, large instance values in the others), NTHU `.jpg` images with `_eval.png`
-  labels. Images are 64x32 so builds are quick. Each `make_*` returns
+  labels. Images are 64x32 so builds are quick; `size=(W, H)` draws them at another size and
+  `make_full_size_raw` builds the downloads at their real sizes with the real file names of
+  the original's split lists. Each `make_*` returns
   {key: (image uint8 [H,W,3], raw label ids [H,W] or None)}.
 - Weights and train states: tiny random weights folders, a run's saved train state.
 - Configs and runs: the shipped configs by name, the smoke config of the error tests, and
@@ -34,6 +36,7 @@ import pytest
 from PIL import Image
 
 from msjax import train, weights
+from msjax.data import datasets, split_lists
 from msjax.models import tiny_deeplabv2
 from msjax.xla import merge_flags
 
@@ -42,7 +45,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ---- raw data sets -----------------------------------------------------------------------
 
-IMAGE_W, IMAGE_H = 64, 32  # the size of every fake image
+IMAGE_W, IMAGE_H = 64, 32  # the size of every fake image (unless a builder is given `size`)
+SIZE = (IMAGE_W, IMAGE_H)
+# The downloads' own sizes (W, H): what `make_full_size_raw` draws.
+REAL_SIZES = {"gta5": (1914, 1052), "synthia": (1280, 760), "cityscapes": (2048, 1024),
+              "nthu": (2048, 1024)}  # fmt: skip
 # Raw Cityscapes ids drawn in fixtures: every id 0..33 (mapped and void) plus 40, which no
 # table defines ("outside the map").
 CITYSCAPES_IDS = np.arange(0, 34)
@@ -53,15 +60,16 @@ def _rng(name: str, i: int) -> np.random.Generator:
     return np.random.default_rng([zlib.crc32(name.encode()), i])
 
 
-def _image(rng) -> np.ndarray:
+def _image(rng, size=SIZE) -> np.ndarray:
     # Smooth gradients plus noise: PNG and JPEG behave as on photographs, not on flat noise.
-    yy, xx = np.mgrid[0:IMAGE_H, 0:IMAGE_W]
-    base = np.stack([xx * 4, yy * 8, (xx + yy) * 2], -1)
-    return np.clip(base + rng.integers(0, 40, (IMAGE_H, IMAGE_W, 3)), 0, 255).astype(np.uint8)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * (256 / w), yy * (256 / h), xx * (128 / w) + yy * (64 / h)], -1)
+    return np.clip(base + rng.integers(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
-def _ids(rng, values, outside: int | None = None) -> np.ndarray:
-    ids = rng.choice(values, size=(IMAGE_H, IMAGE_W)).astype(np.uint8)
+def _ids(rng, values, outside: int | None = None, size=SIZE) -> np.ndarray:
+    ids = rng.choice(values, size=(size[1], size[0])).astype(np.uint8)
     if outside is not None:
         ids[0, :3] = outside
     return ids
@@ -96,17 +104,20 @@ def _save(path: Path, array: np.ndarray, mode: str | None = None) -> None:
     if path.suffix == ".jpg":
         img.save(path, quality=95)
     else:
-        img.save(path)
+        img.save(path, compress_level=1)  # quick for the full-size fakes; PNG is lossless
 
 
-def make_gta5(root: Path, n: int = 4, orphans: bool = True) -> dict:
-    """GTA5: images/NNNNN.png and labels/NNNNN.png; one orphan of each kind if `orphans`."""
+def make_gta5(root: Path, n: int = 4, orphans: bool = True, size=SIZE, keys=None) -> dict:
+    """GTA5: images/NNNNN.png and labels/NNNNN.png; one orphan of each kind if `orphans`.
+
+    `keys`: the file stems (default 00001 ... n).
+    """
     root = Path(root)
     out = {}
-    for i in range(1, n + 1):
+    for i, key in enumerate(keys or [f"{i:05d}" for i in range(1, n + 1)], start=1):
         rng = _rng("gta5", i)
-        key = f"{i:05d}"
-        image, ids = _image(rng), _ids(rng, CITYSCAPES_IDS, outside=40 if i == 1 else None)
+        outside = 40 if i == 1 else None
+        image, ids = _image(rng, size), _ids(rng, CITYSCAPES_IDS, outside=outside, size=size)
         _save(root / "images" / f"{key}.png", image)
         _save(root / "labels" / f"{key}.png", ids, mode="P")
         out[key] = (image, ids)
@@ -116,66 +127,105 @@ def make_gta5(root: Path, n: int = 4, orphans: bool = True) -> dict:
     return out
 
 
-def make_synthia(root: Path, n: int = 3) -> dict:
-    """SYNTHIA-RAND-CITYSCAPES: RGB/NNNNNNN.png and 16-bit 3-channel GT/LABELS/NNNNNNN.png."""
+def make_synthia(root: Path, n: int = 3, size=SIZE, keys=None) -> dict:
+    """SYNTHIA-RAND-CITYSCAPES: RGB/NNNNNNN.png and 16-bit 3-channel GT/LABELS/NNNNNNN.png.
+
+    `keys`: the file stems (default 0000000 ... n - 1).
+    """
     root = Path(root)
     (root / "GT" / "LABELS").mkdir(parents=True, exist_ok=True)
     out = {}
-    for i in range(n):
+    w, h = size
+    for i, key in enumerate(keys or [f"{i:07d}" for i in range(n)]):
         rng = _rng("synthia", i)
-        key = f"{i:07d}"
-        image = _image(rng)
-        ids = rng.choice(SYNTHIA_IDS, size=(IMAGE_H, IMAGE_W)).astype(np.uint16)
+        image = _image(rng, size)
+        ids = rng.choice(SYNTHIA_IDS, size=(h, w)).astype(np.uint16)
         if i == 0:
             ids[0, :2] = 300  # a 16-bit value no table defines: must become ignore, counted
         # Channel 1 holds instance ids > 255: a reader that drops to 8 bits or reads the
         # wrong channel fails the pixel checks.
-        label = np.stack(
-            [ids, rng.integers(256, 4000, (IMAGE_H, IMAGE_W)), np.zeros((IMAGE_H, IMAGE_W))], -1
-        )
+        label = np.stack([ids, rng.integers(256, 4000, (h, w)), np.zeros((h, w))], -1)
         _save(root / "RGB" / f"{key}.png", image)
         write_png16(root / "GT" / "LABELS" / f"{key}.png", label)
         out[key] = (image, ids)
     return out
 
 
-def make_cityscapes(root: Path, per_split: dict | None = None) -> dict:
-    """Cityscapes: leftImg8bit/SPLIT/CITY/..._leftImg8bit.png and gtFine/..._labelIds.png."""
+def make_cityscapes(root: Path, per_split: dict | None = None, size=SIZE, keys=None) -> dict:
+    """Cityscapes: leftImg8bit/SPLIT/CITY/..._leftImg8bit.png and gtFine/..._labelIds.png.
+
+    `per_split`: split -> [(city, count)], named CITY_00000j_0000(19+j); or `keys`: split ->
+    [CITY_SEQ_FRAME].
+    """
     root = Path(root)
     per_split = per_split or {"train": [("aachen", 2), ("bochum", 1)], "val": [("frankfurt", 2)]}
+    keys = keys or {
+        split: [f"{city}_{j:06d}_{19 + j:06d}" for city, count in cities for j in range(count)]
+        for split, cities in per_split.items()
+    }
     out = {}
-    for split, cities in per_split.items():
-        for city, count in cities:
-            for j in range(count):
-                key = f"{city}_{j:06d}_{19 + j:06d}"
-                rng = _rng(key, 0)
-                image, ids = _image(rng), _ids(rng, CITYSCAPES_IDS)
-                _save(root / "leftImg8bit" / split / city / f"{key}_leftImg8bit.png", image)
-                gt = root / "gtFine" / split / city
-                _save(gt / f"{key}_gtFine_labelIds.png", ids)
-                _save(gt / f"{key}_gtFine_color.png", image)  # must be ignored
-                _save(gt / f"{key}_gtFine_instanceIds.png", ids)  # must be ignored
-                out[key] = (image, ids)
+    for split, names in keys.items():
+        for key in names:
+            city = key.split("_")[0]
+            rng = _rng(key, 0)
+            image, ids = _image(rng, size), _ids(rng, CITYSCAPES_IDS, size=size)
+            _save(root / "leftImg8bit" / split / city / f"{key}_leftImg8bit.png", image)
+            gt = root / "gtFine" / split / city
+            _save(gt / f"{key}_gtFine_labelIds.png", ids)
+            _save(gt / f"{key}_gtFine_color.png", image)  # must be ignored
+            _save(gt / f"{key}_gtFine_instanceIds.png", ids)  # must be ignored
+            out[key] = (image, ids)
     return out
 
 
-def make_nthu(root: Path, cities=("Rome", "Rio", "Tokyo", "Taipei"), n_train=2, n_test=2) -> dict:
-    """NTHU: CITY/Images/{Train,Test}/ID.jpg and CITY/Labels/Test/ID_eval.png."""
+def make_nthu(root: Path, cities=("Rome", "Rio", "Tokyo", "Taipei"), n_train=2, n_test=2,
+              size=SIZE, keys=None) -> dict:  # fmt: skip
+    """NTHU: CITY/Images/{Train,Test}/ID.jpg and CITY/Labels/Test/ID_eval.png.
+
+    `keys`: (city, 'Train' or 'Test') -> the file stems (default pano_0000i_train / _test).
+    """
     root = Path(root)
     out = {}
     for city in cities:
         for split, n in (("Train", n_train), ("Test", n_test)):
-            for i in range(n):
-                key = f"pano_{i:05d}_{split.lower()}"
+            names = [f"pano_{i:05d}_{split.lower()}" for i in range(n)]
+            for i, key in enumerate((keys or {}).get((city, split), names)):
                 rng = _rng(city + key, i)
-                image = _image(rng)
+                image = _image(rng, size)
                 _save(root / city / "Images" / split / f"{key}.jpg", image)
                 ids = None
                 if split == "Test":
-                    ids = _ids(rng, CITYSCAPES_IDS)
+                    ids = _ids(rng, CITYSCAPES_IDS, size=size)
                     _save(root / city / "Labels" / "Test" / f"{key}_eval.png", ids)
                 out[(city.lower(), key)] = (image, ids)
     return out
+
+
+def listed_keys(dataset: str, split: str, n: int) -> list[str]:
+    """The raw file stems of the first `n` entries of the original's list of a split."""
+    entry = datasets.get(dataset)
+    entries = split_lists.original_lists(entry)[split].entries[:n]
+    return [split_lists.entry_key(entry, e)[1] for e in entries]
+
+
+def make_full_size_raw(root: Path, which=("gta5", "synthia", "cityscapes", "nthu"), n=2) -> dict:
+    """Raw downloads at their real sizes (REAL_SIZES), `n` pairs per split of each, named as
+    the first entries of the original's lists; NTHU has Rome only. Returns {flag: folder}."""
+    root = Path(root)
+    folders = {flag: root / flag for flag in which}
+    if "gta5" in which:
+        keys = listed_keys("gta5", "train", n) + listed_keys("gta5", "val", n)
+        make_gta5(folders["gta5"], orphans=False, size=REAL_SIZES["gta5"], keys=keys)
+    if "synthia" in which:
+        keys = listed_keys("synthia", "train", n) + listed_keys("synthia", "val", n)
+        make_synthia(folders["synthia"], size=REAL_SIZES["synthia"], keys=keys)
+    if "cityscapes" in which:
+        keys = {s: listed_keys("cityscapes", s, n) for s in ("train", "val")}
+        make_cityscapes(folders["cityscapes"], size=REAL_SIZES["cityscapes"], keys=keys)
+    if "nthu" in which:
+        keys = {("Rome", s.capitalize()): listed_keys("nthu-rome", s, n) for s in ("train", "test")}
+        make_nthu(folders["nthu"], cities=("Rome",), size=REAL_SIZES["nthu"], keys=keys)
+    return folders
 
 
 def truncate(path: Path, keep: float = 0.5) -> None:

@@ -20,6 +20,8 @@ writes is `msjax.evaluation.report`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import os
 import sys
 import time
@@ -192,6 +194,7 @@ def evaluate(
     predictions_dir=None,
     precision: str = inference.DEFAULT_PRECISION,
     progress: bool = True,
+    max_images: int | None = None,
 ) -> dict:
     """Evaluates a weights folder on a prepared data set.
 
@@ -207,10 +210,13 @@ def evaluate(
       predictions_dir: if given, write Cityscapes label-id PNGs of the predictions there.
       precision: 'highest' (true float32) or 'default' (TF32 convolutions on recent GPUs).
       progress: show a progress bar.
+      max_images: score only the first batches holding this many images (a preflight's
+        timing); None: the whole split.
 
     Returns:
       A JSON-ready dict: the setting, the protocol, the views, the confusion matrix and
-      `metrics.summarize` of it under 'scores' (fractions), timing.
+      `metrics.summarize` of it under 'scores' (fractions), timing ('seconds', and
+      'first_batch_seconds': compilation, the pipeline's start and the first batch).
     """
     from msjax import weights
 
@@ -223,6 +229,10 @@ def evaluate(
     num_batches, stream, num_images = batches(
         setting, data_dir, batch_size, num_classes, normalization
     )
+    if max_images is not None:
+        num_batches = min(num_batches, math.ceil(max_images / batch_size))
+        num_images = min(num_images, num_batches * batch_size)
+        stream = itertools.islice(stream, num_batches)
     model, variables = weights.load(os.fspath(checkpoint))
     step = inference.make_eval_step(model, num_classes, views, precision)
     start = time.perf_counter()
@@ -231,7 +241,7 @@ def evaluate(
 
         desc = f"{dataset} {setting.split}"
         stream = tqdm(stream, total=num_batches, desc=desc, unit="batch", file=sys.stderr)
-    seen = _Shapes(num_classes, predictions_dir)
+    seen = _Shapes(num_classes, predictions_dir, start)
     matrix, _ = evaluate_split(step, variables, stream, num_classes, on_batch=seen)
     image_hw, label_hw = seen.image_hw, seen.label_hw
     seconds = time.perf_counter() - start
@@ -255,16 +265,19 @@ def evaluate(
         "scores": metrics.summarize(matrix),
         "confusion_matrix": matrix.tolist(),
         "seconds": round(seconds, 3),
+        "first_batch_seconds": seen.first_batch_seconds,
     }
 
 
 class _Shapes:
-    """`evaluate_split`'s on_batch: notes the image and label sizes and, with
-    `predictions_dir`, writes every real (unpadded) prediction as a label-id PNG there."""
+    """`evaluate_split`'s on_batch: notes the image and label sizes and the time the first
+    batch was done (from `start`) and, with `predictions_dir`, writes every real (unpadded)
+    prediction as a label-id PNG there."""
 
-    def __init__(self, num_classes: int, predictions_dir):
+    def __init__(self, num_classes: int, predictions_dir, start: float):
         self.num_classes, self.predictions_dir = num_classes, predictions_dir
         self.image_hw = self.label_hw = None
+        self.start, self.first_batch_seconds = start, None
         if predictions_dir is not None:
             Path(predictions_dir).mkdir(parents=True, exist_ok=True)
 
@@ -274,6 +287,9 @@ class _Shapes:
         from msjax.evaluation import visualize
 
         self.image_hw, self.label_hw = batch["image"].shape[1:3], batch["label"].shape[1:3]
+        if self.first_batch_seconds is None:  # waits for the first batch only
+            out["matrix"].block_until_ready()
+            self.first_batch_seconds = round(time.perf_counter() - self.start, 3)
         if self.predictions_dir is None:
             return
         ids = visualize.to_cityscapes_ids(np.asarray(out["pred"]), self.num_classes)

@@ -186,8 +186,11 @@ def _check_weights(flag: str, path: str, num_classes: int, hint: str) -> None:
         )
 
 
-def check_plan(plan: Plan) -> None:
+def check_plan(plan: Plan, require_init: bool = True) -> None:
     """Checks the arguments and every stage's config before any work.
+
+    `require_init=False` lets the source model start from random weights (a preflight's
+    timing needs no trained init).
 
     Raises:
       ConfigError: a missing or unusable --init / --source-weights, or a bad config field.
@@ -205,7 +208,7 @@ def check_plan(plan: Plan) -> None:
             f"--source-weights: {row.name} is the source-only row, it trains the source model "
             "itself; score given weights with python -m msjax.evaluate."
         )
-    needs_init = not row.smoke and plan.stages[0].name in methods.source_only()
+    needs_init = require_init and not row.smoke and plan.stages[0].name in methods.source_only()
     if needs_init and not plan.init:
         raise ConfigError(
             f"--init is required to train the source model of {row.name}: {init_hint} "
