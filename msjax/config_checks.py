@@ -20,7 +20,7 @@ from msjax.configlib import SELECT_METRICS
 from msjax.data.labels import IGNORE, VALID_NUM_CLASSES
 from msjax.data.normalize import NORMALIZATIONS
 from msjax.errors import ConfigError, DataError
-from msjax.models import ATROUS_IMPLS, BN_MODES, STRIDE_PLACEMENTS
+from msjax.models import ATROUS_IMPLS, BN_MODES, REMAT_POLICIES, STRIDE_PLACEMENTS
 from msjax.training.step import TARGET_LOSS_NAMES
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -140,6 +140,7 @@ FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "model.bn_mode": one_of(*BN_MODES),
     "model.atrous": one_of(*ATROUS_IMPLS),
     "model.remat": boolean,
+    "model.remat_policy": one_of(*REMAT_POLICIES),
     "model.dtype": one_of(*DTYPES),
     "init.checkpoint": text,
     "init.normalization": one_of(*NORMALIZATIONS),

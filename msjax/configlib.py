@@ -8,7 +8,7 @@ files change only what differs. Fields:
             data_shards (slices of the training data, 0: one per process),
             deterministic (deterministic XLA GPU kernels; slower, bitwise repeatable)
   model.*   DeepLabV2 fields (num_classes, blocks, width, stride_on, aspp_branches, bn_mode,
-            atrous, remat, dtype)
+            atrous, remat, remat_policy, dtype)
   init.*    checkpoint (a weights folder from msjax.convert or a run's best/final; '' for the
             original's random initialisation), normalization (used only without a checkpoint)
   source.*, target.*   training streams (dataset, config, split, flip, blur, random_scale,
@@ -95,6 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
             bn_mode="per_image",
             atrous="auto",
             remat=False,
+            remat_policy="nothing",
             dtype="float32",
         )
     )

@@ -37,6 +37,8 @@ import argparse
 import ast
 import collections
 import dataclasses
+import functools
+import os
 import re
 import sys
 import time
@@ -52,8 +54,8 @@ GIB = 2**30
 # the vendors' spec sheets, listed with their sources in docs/performance.md.
 CHIPS = {
     "v5e": dict(flops=197e12, bandwidth=819e9, hbm=16 * GIB),
-    "v4": dict(flops=275e12, bandwidth=1228e9, hbm=32 * GIB),
-    "v6e": dict(flops=918e12, bandwidth=1640e9, hbm=32 * GIB),
+    "v4": dict(flops=275e12, bandwidth=1200e9, hbm=32 * GIB),
+    "v6e": dict(flops=918e12, bandwidth=1638e9, hbm=32 * GIB),
     "v5p": dict(flops=459e12, bandwidth=2765e9, hbm=95 * GIB),
     "H100": dict(flops=989e12, bandwidth=3.35e12, hbm=80e9),
     "H200": dict(flops=989e12, bandwidth=4.8e12, hbm=141e9),
@@ -110,6 +112,9 @@ def topology_mesh(name: str):
         return sharding.make_mesh(jax.devices("cpu"))
     from jax.experimental import topologies
 
+    # libtpu takes a machine-wide lock for the TPU chips; compiling for an abstract topology
+    # touches no chip, so several compiling processes may share the machine.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     topology = topologies.get_topology_desc(topology_name=name, platform="tpu")
     return sharding.make_mesh(topology.devices)
 
@@ -130,14 +135,24 @@ class Compiled:
     compile_s: float
     hlo: str
 
+    @functools.cached_property
+    def hbm_traffic(self) -> float:
+        """The HBM traffic estimate of `instruction_bytes`, summed."""
+        return sum(r["hbm"] for r in instruction_bytes(self.hlo))
+
+    @functools.cached_property
+    def estimated_cycles(self) -> int:
+        """XLA:TPU's own cycle estimates of the entry computation's instructions, summed
+        (the `estimated_cycles` of their backend configs; 0 for other backends)."""
+        entry = self.hlo[self.hlo.find("\nENTRY") :]
+        return sum(int(c) for c in re.findall(r'"estimated_cycles":"(\d+)"', entry))
+
     @property
     def total(self) -> int:
         """Bytes the program holds at its peak: arguments, outputs not aliased, temporaries
         and code (the code lives in device memory too)."""
         m = self.memory
-        return (
-            m["arguments"] + m["outputs"] - m["aliased"] + m["temporaries"] + m["generated code"]
-        )
+        return m["arguments"] + m["outputs"] - m["aliased"] + m["temporaries"] + m["generated code"]
 
 
 def _compile(traced) -> Compiled:
@@ -373,10 +388,10 @@ def _fused_operand_bytes(computations: dict, fused: dict, index: int, full: floa
     FusionParameterReadBytes`): a slice reads what it keeps, each broadcast or reshape of the
     parameter reads it again, a nested fusion reads what its own parameter reads, and all
     other users share one read."""
+    wanted = f"parameter({index})"
     param = next(
-        (n for n, i in fused.items() if i["op"] == "parameter" and f"parameter({index})" in i["attrs"]),
-        None,
-    )  # fmt: skip
+        (n for n, i in fused.items() if i["op"] == "parameter" and wanted in i["attrs"]), None
+    )
     if param is None:
         return full
     size, shared = 0.0, False
@@ -436,13 +451,26 @@ def _core_op(fused: dict) -> str:
     return next((op for op in _CORE_OPS if op in ops), "elementwise")
 
 
+def _arrays(shape: str, scale: float = 1.0):
+    """(dtype, bytes, memory space) of each array of an HLO shape string."""
+    for dt, dims, layout in _ARRAY.findall(shape):
+        size = array_bytes(dt, [int(d) for d in dims.split(",") if d], layout) * scale
+        yield dt, size, memory_space(layout)
+
+
 def instruction_bytes(text: str) -> list[dict]:
-    """Per instruction of the entry computation: bytes read and written, as XLA's cost model
-    counts them (operands plus outputs at their stored, tile-padded sizes; a slice reads
-    only what it keeps).
+    """Per instruction of the entry computation: the bytes XLA's cost model counts for it
+    (operands plus outputs at their stored, tile-padded sizes; a slice reads only what it
+    keeps, a fusion what its fused computation reads), and an estimate of its HBM traffic.
+
+    XLA:TPU's count includes the on-chip memories: an asynchronous copy into or out of them
+    counts its operand and both ends of the copy, and the instruction that then reads the
+    copy counts it again. `hbm` counts only the arrays in HBM, and each copy or slice
+    between memories once, at its HBM end.
 
     Returns:
-      [{'name', 'kind', 'bytes', 'shape', 'scope', 'dtypes': {dtype: bytes}}].
+      [{'name', 'kind', 'bytes', 'hbm', 'shape', 'scope', 'dtypes': {dtype: bytes},
+        'spaces': {memory space: bytes}}].
     """
     computations = parse_hlo(text)
     entry = computations.get("ENTRY", {})
@@ -452,49 +480,54 @@ def instruction_bytes(text: str) -> list[dict]:
             users[operand].append(name)
     rows = []
     for name, ins in entry.items():
-        op = ins["op"]
-        if op in _FREE:
-            continue
-        dtypes = collections.Counter()
-
-        spaces = collections.Counter()
-
-        def add(shape: str, scale: float = 1.0):
-            for dt, dims, layout in _ARRAY.findall(shape):
-                b = array_bytes(dt, [int(d) for d in dims.split(",") if d], layout) * scale
-                dtypes[dt] += b
-                spaces[memory_space(layout)] += b
-
+        op, attrs = ins["op"], ins["attrs"]
+        if op in _FREE or 'custom_call_target="ConcatBitcast"' in attrs:
+            continue  # ConcatBitcast reinterprets the slices it joins: no bytes
+        operands = [entry[o]["shape"] if o in entry else "()" for o in ins["operands"]]
+        moved = []  # (dtype, bytes, space) as XLA counts them
+        hbm = None  # when the HBM traffic is not the HBM part of `moved`
         kind = op
-        if 'custom_call_target="ConcatBitcast"' in ins["attrs"]:
-            continue  # reinterprets the slices it joins: XLA counts no bytes for it
         if op == "slice":
-            add(ins["shape"], 2.0)
-        elif op == "slice-start":  # an asynchronous slice: read and write the slice once
-            add(tuple_elements(ins["shape"])[1], 2.0)
+            moved = list(_arrays(ins["shape"], 2.0))
+        elif op == "slice-start":  # ((operand), slice, sync): read and write the slice once
+            piece = tuple_elements(ins["shape"])[1]
+            moved = list(_arrays(piece, 2.0))
+            read = next(_arrays(piece), ("", 0.0, "HBM"))[1]
+            hbm = read * (memory_space(operands[0]) == "HBM")
+            hbm += sum(b for _, b, sp in _arrays(piece) if sp == "HBM")
         else:
-            called = re.search(r"calls=%?([\w.\-]+)", ins["attrs"])
+            called = re.search(r"calls=%?([\w.\-]+)", attrs)
             fused = computations.get(called[1], {}) if called and op == "fusion" else {}
             full = shape_bytes(ins["shape"])
-            add(ins["shape"], _fused_output_bytes(fused, full) / full if fused and full else 1.0)
-            for i, operand in enumerate(ins["operands"]):
-                shape = entry[operand]["shape"] if operand in entry else "()"
+            moved += _arrays(
+                ins["shape"], _fused_output_bytes(fused, full) / full if fused and full else 1.0
+            )
+            for i, shape in enumerate(operands):
                 if shape.startswith("("):  # a tuple operand is a table of pointers
                     continue
                 full = shape_bytes(shape)
                 part = _fused_operand_bytes(computations, fused, i, full) if fused else full
-                add(shape, part / full if full else 0.0)
+                moved += _arrays(shape, part / full if full else 0.0)
+            if op == "copy-start":  # (destination, source, sync): read the source once
+                dest = tuple_elements(ins["shape"])[0]
+                hbm = sum(b for _, b, sp in [*_arrays(operands[0]), *_arrays(dest)] if sp == "HBM")
+            elif op.endswith("-done"):
+                hbm = 0.0  # the move was counted at its start
             if op == "fusion":
-                fusion_kind = re.search(r"kind=(k\w+)", ins["attrs"])
+                fusion_kind = re.search(r"kind=(k\w+)", attrs)
                 kind = f"fusion {fusion_kind[1] if fusion_kind else ''} ({_core_op(fused)})"
-            target = re.search(r'custom_call_target="([^"]+)"', ins["attrs"])
-            if target:
-                kind = target[1]
+            target = re.search(r'custom_call_target="([^"]+)"', attrs)
+            kind = target[1] if target else kind
+        dtypes, spaces = collections.Counter(), collections.Counter()
+        for dt, size, space in moved:
+            dtypes[dt] += size
+            spaces[space] += size
         rows.append(
             dict(
                 name=name,
                 kind=kind,
                 bytes=sum(dtypes.values()),
+                hbm=spaces["HBM"] if hbm is None else hbm,
                 shape=ins["shape"],
                 scope=_scope(entry, users, name),
                 dtypes=dict(dtypes),
@@ -574,14 +607,16 @@ def memory_row(label: str, c: Compiled, hbm: float | None) -> str:
     kinds = " | ".join(f"{c.memory[k] / GIB:.2f}" for k in MEMORY_KINDS)
     return (
         f"| {label} | {kinds} | {c.total / GIB:.2f}{fits} | {c.flops:.3e} | "
-        f"{c.bytes_accessed:.3e} | {c.lower_s:.0f} + {c.compile_s:.0f} |"
+        f"{c.bytes_accessed:.3e} | {c.hbm_traffic:.3e} | {c.estimated_cycles / 1e6:.1f} | "
+        f"{c.lower_s:.0f} + {c.compile_s:.0f} |"
     )
 
 
 MEMORY_HEADER = [
     "| program | " + " | ".join(f"{k} GiB" for k in MEMORY_KINDS)
-    + " | total GiB (fits HBM) | flops | bytes accessed | lower + compile s |",
-    "|---|" + "---|" * (len(MEMORY_KINDS) + 4),
+    + " | total GiB (fits HBM) | flops | bytes accessed (XLA) | HBM traffic (estimate) "
+    "| XLA:TPU estimated Mcycles | lower + compile s |",
+    "|---|" + "---|" * (len(MEMORY_KINDS) + 6),
 ]  # fmt: skip
 
 
@@ -589,13 +624,17 @@ def roofline_rows(label: str, c: Compiled) -> list[str]:
     cells = []
     for chip in ROOFLINE_CHIPS:
         spec = CHIPS[chip]
-        compute, traffic = c.flops / spec["flops"] * 1e3, c.bytes_accessed / spec["bandwidth"] * 1e3
-        cells.append(f"{compute:.1f} / {traffic:.1f}")
+        compute = c.flops / spec["flops"] * 1e3
+        traffic = c.bytes_accessed / spec["bandwidth"] * 1e3
+        hbm = c.hbm_traffic / spec["bandwidth"] * 1e3
+        cells.append(f"{compute:.1f} / {traffic:.1f} / {hbm:.1f}")
     return [f"| {label} | " + " | ".join(cells) + " |"]
 
 
 ROOFLINE_HEADER = [
-    "| program | " + " | ".join(f"{c} ms (compute / memory)" for c in ROOFLINE_CHIPS) + " |",
+    "| program | "
+    + " | ".join(f"{c} ms: compute / bytes accessed / HBM est." for c in ROOFLINE_CHIPS)
+    + " |",
     "|---|" + "---|" * len(ROOFLINE_CHIPS),
 ]
 
@@ -665,7 +704,10 @@ def main(argv=None) -> None:
         hbm = CHIPS[chip]["hbm"] if chip in CHIPS else None
         for variant in args.variants.split(","):
             config = load_config(variant, args.dtype or None, args.set)
-            sizes = (args.source or stream_hw(config.source), args.target or stream_hw(config.target))
+            sizes = (
+                args.source or stream_hw(config.source),
+                args.target or stream_hw(config.target),
+            )
             what = (
                 f"{topology} {variant} {config.model.dtype}, source {sizes[0][0]}x{sizes[0][1]}"
                 f" + target {sizes[1][0]}x{sizes[1][1]}"
