@@ -30,11 +30,17 @@ BN_MODES = ("per_image", "batch", "frozen")
 ATROUS_IMPLS = ("native", "space_to_batch", "auto")
 CONV_OUTPUT = "conv_output"  # the checkpoint name of every convolution's output
 
-# What atrous='auto' means on each platform, chosen by scripts/bench_atrous.py
-# (docs/performance.md): on CPU native dilation is as fast or faster; on GPU XLA computes a
-# native dilated convolution's kernel gradient as one convolution with a whole-feature-map
-# window, and space-to-batch is several times faster. Unlisted platforms (TPU) get native.
-AUTO_ATROUS = {"cpu": "native", "gpu": "space_to_batch", "cuda": "space_to_batch"}
+# What atrous='auto' means on each platform, chosen by scripts/bench_atrous.py and, for TPU,
+# scripts/compile_check.py (docs/performance.md): on CPU native dilation is as fast or
+# faster; on GPU XLA computes a native dilated convolution's kernel gradient as one
+# convolution with a whole-feature-map window, and space-to-batch is several times faster;
+# on TPU the native step compiles to fewer bytes and cycles. Unlisted platforms get native.
+AUTO_ATROUS = {
+    "cpu": "native",
+    "gpu": "space_to_batch",
+    "cuda": "space_to_batch",
+    "tpu": "native",
+}
 
 
 def resolve_atrous(atrous: str, platform: str) -> str:
