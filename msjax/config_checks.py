@@ -22,7 +22,7 @@ from msjax.data import datasets
 from msjax.data.labels import IGNORE, VALID_NUM_CLASSES
 from msjax.data.normalize import NORMALIZATIONS
 from msjax.errors import ConfigError, DataError
-from msjax.models import ATROUS_IMPLS, BN_MODES, STRIDE_PLACEMENTS
+from msjax.models import ATROUS_IMPLS, BN_MODES, REMAT_POLICIES, STRIDE_PLACEMENTS
 from msjax.optim import SCHEDULES
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -143,6 +143,7 @@ FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "model.bn_mode": one_of(*BN_MODES),
     "model.atrous": one_of(*ATROUS_IMPLS),
     "model.remat": boolean,
+    "model.remat_policy": one_of(*REMAT_POLICIES),
     "model.dtype": one_of(*DTYPES),
     "init.checkpoint": text,
     "init.normalization": one_of(*NORMALIZATIONS),

@@ -79,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
             bn_mode="per_image",  # 'per_image' (faithful), 'batch' or 'frozen'
             atrous="auto",  # 'native', 'space_to_batch' or 'auto' (per platform)
             remat=False,
+            remat_policy="nothing",  # with remat: what each block saves ('nothing', 'convs')
             dtype="float32",  # compute dtype: 'float32' or 'bfloat16'
         )
     )

@@ -44,10 +44,12 @@ def _masked_mean_ce(logits, labels, valid):
       A float32 scalar.
     """
     log_p = jax.nn.log_softmax(logits, axis=-1)
-    # Ignored pixels may hold any sentinel (255, -1): point them at class 0 so the gather
-    # stays in bounds; the mask below removes them from both the sum and its gradient.
-    safe = jnp.where(valid, labels, 0).astype(jnp.int32)
-    nll = -jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
+    # Each pixel's log-probability of its label, as a masked sum over the classes rather
+    # than a gather: the one non-zero term makes it exact, and a gather of one element per
+    # pixel is what XLA:TPU moves most bytes for (docs/performance.md). Ignored pixels
+    # (any sentinel, 255 or -1) match no class; the mask below also drops them.
+    label_of = labels[..., None] == jnp.arange(logits.shape[-1], dtype=labels.dtype)
+    nll = -jnp.sum(jnp.where(label_of, log_p, 0.0), axis=-1)
     total = jnp.sum(jnp.where(valid, nll, 0.0))
     # max(count, 1): with no valid pixel the sum is exactly 0, so the loss is 0 (PyTorch's
     # mean reduction would give 0/0 = NaN) and its gradient is 0 too.

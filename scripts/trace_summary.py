@@ -72,7 +72,10 @@ def part_of_step(scope: str) -> str:
     if "DeepLabV2" not in scope:
         return "optimiser update, other"
     direction = "backward" if "transpose(" in scope else "forward"
-    path = scope.split("DeepLabV2", 1)[1].split("/")[1:]
+    # Under remat the backward holds the recomputed forward pass: `.../transpose(jvp(
+    # DeepLabV2))/jvp(DeepLabV2)/checkpoint/[rematted_computation/]layer3_1/...`.
+    path = scope.rsplit("DeepLabV2", 1)[1].split("/")[1:]
+    path = [p for p in path if p not in ("checkpoint", "rematted_computation")]
     if not path:
         return f"{direction} model, other"
     block = _BLOCK.match(path[0])

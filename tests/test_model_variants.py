@@ -39,7 +39,9 @@ def tiny_reference():
     return model, variables, images, _loss_grads_stats(model, variables, images)
 
 
-@pytest.mark.parametrize("variant", [dict(remat=True), dict(atrous="auto")])
+@pytest.mark.parametrize(
+    "variant", [dict(remat=True), dict(remat=True, remat_policy="convs"), dict(atrous="auto")]
+)
 def test_variants_give_the_same_loss_gradients_and_statistics(tiny_reference, variant):
     model, variables, images, (v1, g1, s1) = tiny_reference
     v2, g2, s2 = _loss_grads_stats(model.clone(**variant), variables, images)

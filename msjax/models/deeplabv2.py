@@ -81,6 +81,8 @@ class DeepLabV2(nn.Module):
       param_dtype: parameter dtype (float32).
       remat: recompute each bottleneck's activations in the backward pass (saves memory,
         costs about one extra forward pass; same numbers and parameter names).
+      remat_policy: what a rematerialised bottleneck keeps besides its input: 'nothing',
+        or 'convs' (its convolution outputs: only BN and ReLU are recomputed).
       platform: the platform the model is compiled for ('cpu', 'gpu', 'tpu'), which decides
         `atrous='auto'` and the XLA:CPU fusion barriers; msjax passes the platform of the
         devices it compiles for (`msjax.sharding.platform`), so one host can compile for
@@ -97,6 +99,7 @@ class DeepLabV2(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
+    remat_policy: str = "nothing"
     platform: str | None = None
 
     @property
@@ -142,6 +145,7 @@ class DeepLabV2(nn.Module):
             conv=conv,
             norm=norm,
             remat=self.remat,
+            remat_policy=self.remat_policy,
             fusion_barriers=wants_fusion_barriers(platform),
         )
         head = functools.partial(

@@ -21,17 +21,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
+from jax.custom_derivatives import SymbolicZero
 
 Dtype = Any
 
 BN_MODES = ("per_image", "batch", "frozen")
 ATROUS_IMPLS = ("native", "space_to_batch", "auto")
+CONV_OUTPUT = "conv_output"  # the checkpoint name of every convolution's output
 
-# What atrous='auto' means on each platform, chosen by scripts/bench_atrous.py
-# (docs/performance.md): on CPU native dilation is as fast or faster; on GPU XLA computes a
-# native dilated convolution's kernel gradient as one convolution with a whole-feature-map
-# window, and space-to-batch is several times faster. Unlisted platforms (TPU) get native.
-AUTO_ATROUS = {"cpu": "native", "gpu": "space_to_batch", "cuda": "space_to_batch"}
+# What atrous='auto' means on each platform, chosen by scripts/bench_atrous.py and, for TPU,
+# scripts/compile_check.py (docs/performance.md): on CPU native dilation is as fast or
+# faster; on GPU XLA computes a native dilated convolution's kernel gradient as one
+# convolution with a whole-feature-map window, and space-to-batch is several times faster;
+# on TPU the native step compiles to fewer bytes and cycles. Unlisted platforms get native.
+AUTO_ATROUS = {
+    "cpu": "native",
+    "gpu": "space_to_batch",
+    "cuda": "space_to_batch",
+    "tpu": "native",
+}
 
 
 def resolve_atrous(atrous: str, platform: str) -> str:
@@ -208,7 +217,8 @@ class Conv(nn.Module):
                 self.param_dtype,
             )
             y = y + bias.astype(self.dtype)
-        return y
+        # The name lets a rematerialised block keep this output (resnet.REMAT_POLICIES).
+        return checkpoint_name(y, CONV_OUTPUT)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -222,10 +232,10 @@ def normalize_batch_stats(x, scale, bias, axes: tuple[int, ...], epsilon: float)
     dtype, and mean and var keep the reduced axes. The backward keeps x itself, not x - mean:
     in bfloat16 that stores each BN input at half the size of a float32 copy.
     """
-    return _normalize_fwd(x, scale, bias, axes, epsilon)[0]
+    return _normalize(x, scale, bias, axes, epsilon)[0]
 
 
-def _normalize_fwd(x, scale, bias, axes, epsilon):
+def _normalize(x, scale, bias, axes, epsilon):
     xf = x.astype(scale.dtype)
     mean = jnp.mean(xf, axis=axes, keepdims=True)
     centred = xf - mean
@@ -235,9 +245,16 @@ def _normalize_fwd(x, scale, bias, axes, epsilon):
     return (y, mean, var), (x, mean, inv, scale)
 
 
+def _normalize_fwd(x, scale, bias, axes, epsilon):
+    # With symbolic zeros the primals arrive wrapped (value, perturbed).
+    return _normalize(x.value, scale.value, bias.value, axes, epsilon)
+
+
 def _normalize_bwd(axes, epsilon, residuals, cotangents):
     x, mean, inv, scale = residuals
     g, g_mean, g_var = cotangents
+    if isinstance(g, SymbolicZero):
+        g = jnp.zeros(x.shape, scale.dtype)
     # Recomputed exactly as in the forward pass (same operands, same operation).
     centred = x.astype(scale.dtype) - mean
     count = np.prod([centred.shape[a] for a in axes])
@@ -248,13 +265,17 @@ def _normalize_bwd(axes, epsilon, residuals, cotangents):
     mean_g = jnp.mean(g, axis=axes, keepdims=True)
     mean_g_xhat = jnp.mean(g * x_hat, axis=axes, keepdims=True)
     g_x = (inv * scale) * (g - mean_g - x_hat * mean_g_xhat)
-    # The statistics are outputs too (running averages); their cotangents are zero in
-    # training but are honoured for completeness.
-    g_x = g_x + g_mean / count + g_var * (2.0 / count) * centred
+    # The statistics are outputs too, but in training only the running averages read them:
+    # their cotangents are symbolic zeros, and adding them would keep an extra float32
+    # term over the whole activation alive (XLA does not drop multiplications by zero).
+    if not isinstance(g_mean, SymbolicZero):
+        g_x = g_x + g_mean / count
+    if not isinstance(g_var, SymbolicZero):
+        g_x = g_x + g_var * (2.0 / count) * centred
     return g_x.astype(x.dtype), g_scale, g_bias
 
 
-normalize_batch_stats.defvjp(_normalize_fwd, _normalize_bwd)
+normalize_batch_stats.defvjp(_normalize_fwd, _normalize_bwd, symbolic_zeros=True)
 
 
 class BatchNorm(nn.Module):

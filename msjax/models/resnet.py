@@ -21,11 +21,18 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from msjax.models.layers import BatchNorm, Conv, materialize, max_pool_ceil
+from msjax.models.layers import CONV_OUTPUT, BatchNorm, Conv, materialize, max_pool_ceil
 
 EXPANSION = 4
 RESNET101_BLOCKS = (3, 4, 23, 3)
 STRIDE_PLACEMENTS = ("1x1", "3x3")
+# What a rematerialised bottleneck keeps for the backward pass besides its input: nothing
+# (everything inside is recomputed), or its convolutions' outputs (only BatchNorm's
+# normalisation and the ReLUs are recomputed; no convolution runs twice).
+REMAT_POLICIES = {
+    "nothing": None,
+    "convs": jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT),
+}
 
 
 def layer_specs(blocks: Sequence[int], width: int) -> list[tuple[int, int, int, int]]:
@@ -81,6 +88,7 @@ def dilated_resnet(
     conv,
     norm,
     remat: bool = False,
+    remat_policy: str = "nothing",
     fusion_barriers: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Runs the backbone; call it inside a parent module's `@nn.compact` method.
@@ -89,7 +97,8 @@ def dilated_resnet(
     level of the parent's tree (`conv1`, `layer1_0`, ...), mirroring the PyTorch names.
     With `remat`, every bottleneck keeps only its input for the backward pass and recomputes
     its inside (same numbers, about one more forward pass of compute, a fraction of the
-    activation memory); parameter names do not change. `fusion_barriers` stores each block's
+    activation memory), keeping also what `remat_policy` names (REMAT_POLICIES); parameter
+    names do not change. `fusion_barriers` stores each block's
     output behind a barrier (`layers.materialize`: XLA:CPU needs it).
 
     Returns:
@@ -102,7 +111,12 @@ def dilated_resnet(
     x = nn.relu(norm(name="bn1")(x, train=train))
     x = max_pool_ceil(x)
     # static_argnums counts `self`: argument 2 is `train`, a Python bool.
-    block = nn.remat(Bottleneck, static_argnums=(2,)) if remat else Bottleneck
+    if remat_policy not in REMAT_POLICIES:
+        raise ValueError(
+            f"remat_policy must be one of {tuple(REMAT_POLICIES)}, got {remat_policy!r}"
+        )
+    policy = REMAT_POLICIES[remat_policy]
+    block = nn.remat(Bottleneck, static_argnums=(2,), policy=policy) if remat else Bottleneck
     features = []
     for layer, (num_blocks, planes, stride, dilation) in enumerate(
         layer_specs(blocks, width), start=1

@@ -85,15 +85,21 @@ class Run:
             self.writer.close()
 
 
+def model_fields(config, platform: str) -> dict:
+    """The DeepLabV2 fields of config.model, for devices of `platform` (the mesh's)."""
+    fields = dict(config.model)
+    fields["blocks"] = tuple(fields["blocks"])
+    fields["dtype"] = jnp.dtype(fields["dtype"])
+    fields["platform"] = platform
+    return fields
+
+
 def build_model(config, platform: str):
     """(model, variables, weights metadata) from config.model and config.init.
 
     `platform` is that of the devices the model will be compiled for (the mesh's).
     """
-    fields = dict(config.model)
-    fields["blocks"] = tuple(fields["blocks"])
-    fields["dtype"] = jnp.dtype(fields["dtype"])
-    fields["platform"] = platform
+    fields = model_fields(config, platform)
     if config.init.checkpoint:
         try:
             model, variables = weights.load(config.init.checkpoint, **fields)
