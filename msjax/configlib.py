@@ -57,6 +57,21 @@ def stream(dataset: str, size: str, split: str = "train") -> ml_collections.Conf
     )
 
 
+# The faithful DeepLabV2-ResNet-101 (msjax.models.DeepLabV2 fields).
+ORIGINAL_MODEL = dict(
+    num_classes=19,
+    blocks=(3, 4, 23, 3),
+    width=64,
+    stride_on="1x1",  # '1x1' (Caffe weights, faithful) or '3x3' (torchvision)
+    aspp_branches=2,  # 2: the original's early return; 4: all four summed
+    bn_mode="per_image",  # 'per_image' (faithful), 'batch' or 'frozen'
+    atrous="auto",  # 'native', 'space_to_batch' or 'auto' (per platform)
+    remat=False,
+    remat_policy="nothing",  # with remat: what each block saves ('nothing', 'convs')
+    dtype="float32",  # compute dtype: 'float32' or 'bfloat16'
+)
+
+
 def base_config() -> ml_collections.ConfigDict:
     """GTA5 -> Cityscapes with maximum squares, every hyper-parameter as the original."""
     c = ml_collections.ConfigDict()
@@ -69,20 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     # number (a multiple of the process count) keeps the data order on any number of them.
     c.data_shards = 0
     c.deterministic = False  # XLA's deterministic GPU kernels (docs/reliability.md)
-    c.model = ml_collections.ConfigDict(
-        dict(
-            num_classes=19,
-            blocks=(3, 4, 23, 3),
-            width=64,
-            stride_on="1x1",  # '1x1' (Caffe weights, faithful) or '3x3' (torchvision)
-            aspp_branches=2,  # 2: the original's early return; 4: all four summed
-            bn_mode="per_image",  # 'per_image' (faithful), 'batch' or 'frozen'
-            atrous="auto",  # 'native', 'space_to_batch' or 'auto' (per platform)
-            remat=False,
-            remat_policy="nothing",  # with remat: what each block saves ('nothing', 'convs')
-            dtype="float32",  # compute dtype: 'float32' or 'bfloat16'
-        )
-    )
+    c.model = ml_collections.ConfigDict(dict(ORIGINAL_MODEL))
     # A weights folder (msjax.convert, or a run's best/ or final/); '': random init, whose
     # input normalisation is `normalization`.
     c.init = ml_collections.ConfigDict(dict(checkpoint="", normalization="caffe_bgr"))

@@ -102,8 +102,6 @@ def prepare_one(
 
     builder = make_builder(Path(data_dir).expanduser().absolute())
     summary = dict(dataset=dataset, size=size, path=builder.data_dir, already=False)
-    import tensorflow_datasets as tfds
-
     if (Path(builder.data_dir) / "dataset_info.json").is_file() and not overwrite:
         summary.update(
             already=True,
@@ -111,15 +109,22 @@ def prepare_one(
             split_lists=(builder.info.metadata or {}).get("split_lists"),
         )
         return summary
-    download_config = tfds.download.DownloadConfig(
+    download_config = _download_config(raw_dir, max_examples)
+    builder = build_and_swap(make_builder, Path(builder.data_dir), download_config)
+    summary.update(_build_facts(builder, layout))
+    return summary
+
+
+def _download_config(raw_dir, max_examples: int | None):
+    """TFDS's build options: the raw folder as its manual dir, nothing fetched or counted."""
+    import tensorflow_datasets as tfds
+
+    return tfds.download.DownloadConfig(
         manual_dir=os.fspath(raw_dir) if raw_dir else None,
         try_download_gcs=False,
         compute_stats=tfds.download.ComputeStatsMode.SKIP,
         max_examples_per_split=max_examples,
     )
-    builder = build_and_swap(make_builder, Path(builder.data_dir), download_config)
-    summary.update(_build_facts(builder, layout))
-    return summary
 
 
 def _raw_layout(dataset: datasets.DataSet, raw_dir, split_lists, skip_bad: bool):

@@ -230,9 +230,9 @@ def evaluate(
         setting, data_dir, batch_size, num_classes, normalization
     )
     if max_images is not None:
-        num_batches = min(num_batches, math.ceil(max_images / batch_size))
-        num_images = min(num_images, num_batches * batch_size)
-        stream = itertools.islice(stream, num_batches)
+        num_batches, stream, num_images = _first_images(
+            max_images, batch_size, num_batches, stream, num_images
+        )
     model, variables = weights.load(os.fspath(checkpoint))
     step = inference.make_eval_step(model, num_classes, views, precision)
     start = time.perf_counter()
@@ -243,23 +243,9 @@ def evaluate(
         stream = tqdm(stream, total=num_batches, desc=desc, unit="batch", file=sys.stderr)
     seen = _Shapes(num_classes, predictions_dir, start)
     matrix, _ = evaluate_split(step, variables, stream, num_classes, on_batch=seen)
-    image_hw, label_hw = seen.image_hw, seen.label_hw
     seconds = time.perf_counter() - start
     return {
-        "checkpoint": os.path.abspath(checkpoint),
-        "weights": {
-            k: metadata.get(k) for k in ("num_classes", "input_normalization", "layout", "method")
-        },
-        "dataset": dataset,
-        "split": setting.split,
-        "protocol": protocol,
-        "protocol_text": PROTOCOLS[protocol].text.format(
-            size=setting.image_size, label=f"{label_hw[1]}x{label_hw[0]}" if label_hw else "?"
-        ),
-        "input_size": setting.image_size,
-        "image_hw": list(image_hw) if image_hw else None,
-        "label_hw": list(label_hw) if label_hw else None,
-        "views": {"flip": views.flip, "scales": list(views.scales), "text": views.describe()},
+        **_record(checkpoint, metadata, dataset, setting, protocol, views, seen),
         "num_images": num_images,
         "precision": precision,
         "scores": metrics.summarize(matrix),
@@ -296,6 +282,44 @@ class _Shapes:
         for key, keep, img in zip(batch["id"], batch["mask"], ids, strict=True):
             if keep:
                 Image.fromarray(img).save(Path(self.predictions_dir) / _prediction_name(key))
+
+
+def _first_images(max_images: int, batch_size: int, num_batches: int, stream, num_images: int):
+    """(num_batches, stream, num_images) cut to the first batches holding `max_images`."""
+    num_batches = min(num_batches, math.ceil(max_images / batch_size))
+    return (
+        num_batches,
+        itertools.islice(stream, num_batches),
+        min(num_images, num_batches * batch_size),
+    )
+
+
+def _record(
+    checkpoint,
+    metadata: dict,
+    dataset: str,
+    setting: Setting,
+    protocol: str,
+    views: inference.Views,
+    seen: _Shapes,
+) -> dict:
+    """What an evaluation was of: the weights, the split, the protocol, the views, sizes."""
+    image_hw, label_hw = seen.image_hw, seen.label_hw
+    label = f"{label_hw[1]}x{label_hw[0]}" if label_hw else "?"
+    return {
+        "checkpoint": os.path.abspath(checkpoint),
+        "weights": {
+            k: metadata.get(k) for k in ("num_classes", "input_normalization", "layout", "method")
+        },
+        "dataset": dataset,
+        "split": setting.split,
+        "protocol": protocol,
+        "protocol_text": PROTOCOLS[protocol].text.format(size=setting.image_size, label=label),
+        "input_size": setting.image_size,
+        "image_hw": list(image_hw) if image_hw else None,
+        "label_hw": list(label_hw) if label_hw else None,
+        "views": {"flip": views.flip, "scales": list(views.scales), "text": views.describe()},
+    }  # fmt: skip
 
 
 def default_out_dir(checkpoint, dataset: str, protocol: str, views: inference.Views) -> Path:
