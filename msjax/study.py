@@ -102,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     def command() -> int:
         with cli.quiet_native_stderr():  # TensorFlow's C++ banners at import
             from msjax.data import builders  # noqa: F401
+        from msjax.config_checks import check_study
         from msjax.errors import ConfigError
         from msjax.training import preemption
-        from msjax.training.study import check_study, run_study
+        from msjax.training.study import run_study
 
         cli.check_workdir(flags.workdir)
         if "study" not in config:

@@ -400,7 +400,7 @@ CATALOGUE = {
     "SIGTERM to evaluate, predict, prepare or convert": "Terminated (SIGTERM). Outputs being",
     "demo on a training run's workdir": "python -m msjax.demo does not write into another",
     "train on another command's folder": "python -m msjax.train does not write into another",
-    "evaluate of two checkpoints of one name": "eval/runs/a/final/synthetic_original",
+    "evaluate of two checkpoints of one name": "eval/runs/a/final/synthetic-target_original",
     "evaluate --out of another checkpoint": "holds the output of another evaluate",
     "evaluate --out of another command": "is the workdir of a training run",
     "evaluate --out inside the checkpoint": "is inside the weights folder",
@@ -432,8 +432,8 @@ CATALOGUE = {
     "weights with NaN or Inf written": "msjax does not write them",
     "checkpoints/ deleted by hand": "but no train state in",
     "renamed checkpoint step": "(was it renamed?)",
-    "evaluate synthetic without --input-size": "--input-size is required for --dataset",
-    "hint for an unprepared synthetic size": "Run: python -m msjax.prepare synthetic_target --",
+    "evaluate synthetic without --input-size": "at the set's own size",
+    "hint for an unprepared synthetic size": "Run: python -m msjax.prepare synthetic-target --",
     "misspelt split name": "Did you mean 'train'?",
     "reproduce --source-weights of a .pth": "is a file: msjax reads converted weights folders",
     "reproduce --init with --source-weights": "--init and --source-weights exclude each other",
@@ -459,7 +459,7 @@ def refused(capsys, main, args, case) -> str:
 
 def evaluate_args(weights_dir, data_dir, out, *more):
     """msjax.evaluate's arguments for a smoke checkpoint on the synthetic data at 128x64."""
-    return ["--checkpoint", weights_dir, "--dataset", "synthetic", "--input-size", "128x64",
+    return ["--checkpoint", weights_dir, "--dataset", "synthetic-target", "--input-size", "128x64",
             "--data-dir", data_dir, "--out", out, "--no-progress", *more]  # fmt: skip
 
 

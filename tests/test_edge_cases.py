@@ -5,13 +5,15 @@
 - a checkpoint folder renamed (checkpoints/2 -> checkpoints/3): resumed as step 3 with the
   state of step 2. Now refused, naming both steps.
 - evaluate on synthetic data without --input-size named '1024x512', a size the user never
-  typed; its hint for an unprepared size was a command prepare refuses.
+  typed (it now takes the set's own size); its hint for an unprepared size was a command
+  prepare refuses.
 - --split-list tarin=... prepared a split called 'tarin'.
 - reproduce --source-weights x.pth said "no such folder" for a file that exists; --init
   with --source-weights was ignored.
 - --workdir "" of the study ran in the current folder.
 """
 
+import json
 import os
 import shutil
 
@@ -78,25 +80,27 @@ def test_a_renamed_checkpoint_does_not_resume_as_another_step(
 @pytest.fixture
 def synthetic_data(tmp_path):
     data = tmp_path / "data"
-    prepare_one("synthetic_target", "128x64", str(data), max_examples=2)
+    prepare_one("synthetic-target", "128x64", str(data), max_examples=2)
     return data
 
 
-def test_evaluate_synthetic_needs_an_input_size_and_its_hint_works(
+def test_evaluate_synthetic_at_its_own_size_and_the_hint_for_another_works(
     synthetic_data, tmp_path, capsys
 ):
+    """Without --input-size the synthetic sets were evaluated at '1024x512', a size they do
+    not have; the hint for a size not prepared named RAW_DIR, which prepare refuses."""
     weights_dir = tmp_path / "w"
     save_random_checkpoint(weights_dir, num_classes=19)
     args = [str(a) for a in evaluate_args(weights_dir, synthetic_data, tmp_path / "out")]
     without_size = [a for a in args if a not in ("--input-size", "128x64")]
-    err = refused(capsys, evaluate.main, without_size, "evaluate synthetic without --input-size")
-    assert "1024x512" in err and "--input-size 128x64" in err
-    bigger = [a if a != "128x64" else "192x96" for a in args]
-    err = refused(capsys, evaluate.main, bigger, "empty data dir")
-    assert CATALOGUE["hint for an unprepared synthetic size"] in err
+    # The set's default size (192x96) is not prepared here: the hint says how.
+    err = refused(capsys, evaluate.main, without_size, "empty data dir")
+    assert CATALOGUE["hint for an unprepared synthetic size"] in err and "192x96" in err
     hint = err.split("Run: python -m msjax.prepare ")[1].split()
     assert prepare.main([*hint, "--max-examples", "2", "--no-progress"]) == 0
-    assert evaluate.main(bigger) == 0
+    assert evaluate.main(without_size) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["input_size"] == "192x96"  # the set's own default size
 
 
 def test_a_misspelt_split_name_is_refused(tmp_path, capsys):

@@ -132,7 +132,7 @@ def test_evaluate_predict_and_prepare_refuse_a_folder_in_use(smoke_data_dir, tmp
         refused(capsys, predict.main, predict_args(weights, images, tmp_path / "pred"), IN_USE)
     data = tmp_path / "data"
     with locks.hold(data / "synthetic_source" / "128x64"):
-        argv = ["synthetic_source", "--data-dir", data, "--config", "128x64", "--no-progress"]
+        argv = ["synthetic-source", "--data-dir", data, "--size", "128x64", "--no-progress"]
         refused(capsys, prepare.main, argv, IN_USE)
     assert not (data / "synthetic_source" / "128x64").exists()
 
@@ -169,19 +169,23 @@ def test_sigterm_stops_a_command_that_does_not_train_and_releases_its_lock(
 def test_a_second_training_on_a_running_workdir_is_refused_at_once(smoke_data_dir, tmp_path):
     """Both used to run: every metrics line twice, a failed save, a hang."""
     workdir = str(tmp_path / "run")
-    first = start("msjax.train", *short_run_args(smoke_data_dir, workdir))
+    long = ["--config.train.steps=1000", "--config.optim.iter_max=1000"]  # still running
+    first = start("msjax.train", *short_run_args(smoke_data_dir, workdir), *long)
     wait_for_step(first, workdir, 1)
     began = time.time()
-    second = start("msjax.train", *short_run_args(smoke_data_dir, workdir))
+    second = start("msjax.train", *short_run_args(smoke_data_dir, workdir), *long)
     _, err = second.communicate(timeout=120)
     assert second.returncode == 2, err[-3000:]
     assert time.time() - began < 60 and "Traceback" not in err
     assert f"is in use by process {first.pid} on host {socket.gethostname()}" in err
     assert "python -m msjax.train" in err
+    assert first.poll() is None  # the first run was not disturbed
+    first.send_signal(signal.SIGTERM)  # it saves its step and exits 0
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-3000:]
-    steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    assert steps == sorted(set(steps))  # each step logged once
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == sorted(set(steps))  # each step's losses logged once
     assert not os.path.exists(os.path.join(workdir, locks.LOCK_FILE))
     assert not [f for f in os.listdir(os.path.join(workdir, "checkpoints")) if "tmp" in f]
 
@@ -207,12 +211,12 @@ def test_a_trainer_generating_data_another_prepares_waits_for_it(tmp_path, capsy
     folder = tmp_path / "synthetic_source" / "128x64"
     with locks.hold(folder), pytest.raises(WorkdirError, match="data set folder"):
         preparation.prepare_one(
-            "synthetic_source", "128x64", tmp_path, max_examples=2, refuse_if_busy=True
+            "synthetic-source", "128x64", tmp_path, max_examples=2, refuse_if_busy=True
         )
-    preparation.prepare_one("synthetic_source", "128x64", tmp_path, max_examples=2)
+    preparation.prepare_one("synthetic-source", "128x64", tmp_path, max_examples=2)
     first = locks.FolderLock(folder).acquire()  # another process preparing it again
     timer = threading.Timer(1.5, first.release)
     timer.start()
-    summary = preparation.prepare_one("synthetic_source", "128x64", tmp_path, max_examples=2)
+    summary = preparation.prepare_one("synthetic-source", "128x64", tmp_path, max_examples=2)
     timer.join()
     assert summary["already"] and "waiting for it to finish" in capsys.readouterr().err

@@ -71,7 +71,7 @@ def test_train_refuses_a_folder_another_command_wrote(smoke_data_dir, tmp_path, 
 def test_default_report_folders_are_unique_per_checkpoint(
     checkpoints, smoke_data_dir, tmp_path, capsys, monkeypatch
 ):
-    """a/final and b/final both wrote eval/final/synthetic_original/: the second replaced
+    """a/final and b/final both wrote eval/final/DATASET_original/: the second replaced
     the first (the README's runs/*/best layout hit it)."""
     monkeypatch.chdir(tmp_path)
     for name in ("a", "b"):
@@ -80,7 +80,7 @@ def test_default_report_folders_are_unique_per_checkpoint(
         assert evaluate.main(without_out) == 0
     for name in ("a", "b"):
         home = checkpoints / name / "final"
-        report = tmp_path / "eval" / home.relative_to(home.anchor) / "synthetic_original"
+        report = tmp_path / "eval" / home.relative_to(home.anchor) / "synthetic-target_original"
         saved = json.loads((report / "results.json").read_text())
         assert saved["checkpoint"] == str(home)
 
