@@ -42,10 +42,13 @@ def quiet_tensorflow() -> None:
 
 
 @contextlib.contextmanager
-def quiet_native_stderr():
+def quiet_native_stderr(into=None):
     """Silences C++ log lines a library prints at import (TF_CPP_MIN_LOG_LEVEL cannot).
 
     Only what runs inside is silenced; Python exceptions still surface afterwards.
+
+    Args:
+      into: a binary file that receives what was written instead (None: discard it).
     """
     try:
         fd = sys.stderr.fileno()
@@ -54,14 +57,15 @@ def quiet_native_stderr():
         return
     sys.stderr.flush()
     saved = os.dup(fd)
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    target = os.open(os.devnull, os.O_WRONLY) if into is None else os.dup(into.fileno())
     try:
-        os.dup2(devnull, fd)
+        os.dup2(target, fd)
         yield
     finally:
+        sys.stderr.flush()
         os.dup2(saved, fd)
         os.close(saved)
-        os.close(devnull)
+        os.close(target)
 
 
 class Terminated(BaseException):
@@ -157,22 +161,41 @@ def start_jax() -> None:
     machine does not have, JAX raises a RuntimeError (or, for 'cuda' without a GPU, an
     AssertionError) from deep inside whatever first touches a device.
     """
+    import tempfile
+
     import jax
 
     platforms = jax.config.jax_platforms
-    try:
-        jax.devices()
-    except (RuntimeError, AssertionError) as e:
-        if not platforms:  # JAX chose the platforms itself: not the user's setting
-            raise
-        reason = str(e).partition("': ")[2] or "no device of that platform is visible"
-        reason = reason.partition(" (set JAX_PLATFORMS=")[0].strip().rstrip(".")
-        raise ConfigError(
-            f"JAX_PLATFORMS={platforms}: JAX cannot start that platform on this machine "
-            f"({reason}). Set JAX_PLATFORMS to a platform it has (e.g. cpu), or unset it to "
-            "let JAX choose; NVIDIA GPUs also need the cuda12 extra (pip install "
-            "-e '.[cuda12]')."
-        ) from None
+    # What the platform's own library prints while it starts (libtpu's C++ log lines) is
+    # held back: shown unless the start fails for JAX_PLATFORMS, which one line explains.
+    with tempfile.TemporaryFile() as held:
+        try:
+            with quiet_native_stderr(into=held):
+                jax.devices()
+        except (RuntimeError, AssertionError) as e:
+            if platforms:
+                raise ConfigError(_platform_message(platforms, e)) from None
+            _replay(held)
+            raise  # JAX chose the platforms itself: not the user's setting
+        _replay(held)
+
+
+def _platform_message(platforms: str, error: BaseException) -> str:
+    reason = str(error).partition("': ")[2] or "no device of that platform is visible"
+    reason = reason.partition(" (set JAX_PLATFORMS=")[0].strip().rstrip(".")
+    return (
+        f"JAX_PLATFORMS={platforms}: JAX cannot start that platform on this machine "
+        f"({reason}). Set JAX_PLATFORMS to a platform it has (e.g. cpu), or unset it to let "
+        "JAX choose; NVIDIA GPUs also need the cuda12 extra (pip install -e '.[cuda12]')."
+    )
+
+
+def _replay(held) -> None:
+    held.seek(0)
+    text = held.read().decode(errors="replace")
+    if text:
+        sys.stderr.write(text)
+        sys.stderr.flush()
 
 
 def stopped_before_start(signum: int) -> int:
@@ -278,7 +301,6 @@ def config_file_problem(argv: list[str]) -> str | None:
     ml_collections would report a missing file only when the config is first used, with
     its traceback.
     """
-
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):
             value = arg[len("--config=") :]

@@ -27,8 +27,8 @@ from msjax.optim import SCHEDULES
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 # Upper bounds of the fields that set a size, checked before any work: a mistyped value is
-# a message, not a process the kernel kills for its memory (a 100000x100000 crop took 11 GB
-# before its first step). Each is far above what the paper's experiments use.
+# a message, not a process the kernel kills for its memory. Each is far above what the
+# paper's experiments use.
 MAX_WIDTH = 256  # the original's ResNet-101 is 64 wide
 MAX_BLOCKS = 64  # per stage; ResNet-101 has (3, 4, 23, 3)
 MAX_EVAL_BATCH = 64

@@ -10,7 +10,9 @@ command refuses a folder that
 - holds a report of another experiment (`msjax.evaluate` of another checkpoint, data set,
   protocol or views; `msjax.predict` of another checkpoint or input size): writing there
   would replace it;
-- holds, without a mark, files the command would replace (files msjax did not write).
+- holds, without a mark, files the command would replace (files msjax did not write);
+- lies inside what another output manages: a run's checkpoints/, best/, final/ or
+  tensorboard/, or a weights folder (their next write replaces or prunes it).
 
 Folders written before the mark existed are recognised by what they hold (config.json of a
 run, the results.json of a demo or of an evaluation, a reproduction's reports/).

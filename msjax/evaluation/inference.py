@@ -228,7 +228,7 @@ def make_predict_fn(
     return jax.jit(fn, compiler_options=xla.compiler_options(model.compile_platform))
 
 
-# Bytes of upsampled probabilities one band of output rows may take in `predict_in_bands`.
+# Bytes of upsampled probabilities one band of output rows may take (`make_banded_predict_fn`).
 BAND_BYTES = 64 * 2**20
 
 

@@ -30,10 +30,10 @@ from msjax.errors import ConfigError, DataError
 from msjax.evaluation import inference, visualize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# The largest image predict takes (8192x8192): an image, its label map, colour map and
-# overlay take about 20 bytes a pixel (the upsampled probabilities are made in bands,
-# inference.make_banded_predict_fn), so 1.3 GB at this size; larger ones are refused from
-# their header, before any work.
+# The largest image predict takes (8192x8192): the image, its label map, colour map and
+# overlay are held whole (the upsampled probabilities are made in bands,
+# inference.make_banded_predict_fn; docs/performance.md has the memory figures); larger
+# images are refused from their header, before any work.
 MAX_IMAGE_PIXELS = 8192 * 8192
 
 
