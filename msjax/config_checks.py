@@ -26,6 +26,14 @@ from msjax.models import ATROUS_IMPLS, BN_MODES, REMAT_POLICIES, STRIDE_PLACEMEN
 from msjax.optim import SCHEDULES
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
+# Upper bounds of the fields that set a size, checked before any work: a mistyped value is
+# a message, not a process the kernel kills for its memory. Each is far above what the
+# paper's experiments use.
+MAX_WIDTH = 256  # the original's ResNet-101 is 64 wide
+MAX_BLOCKS = 64  # per stage; ResNet-101 has (3, 4, 23, 3)
+MAX_EVAL_BATCH = 64
+MAX_CROP_PIXELS = 4096 * 2048
+MAX_SCALE = 4.0
 
 
 def _is_int(value) -> bool:
@@ -36,9 +44,11 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def integer(low: int) -> Callable[[Any], str | None]:
-    """A check: an integer >= low."""
-    return lambda v: None if _is_int(v) and v >= low else f"an integer >= {low}"
+def integer(low: int, high: int | None = None) -> Callable[[Any], str | None]:
+    """A check: an integer >= low (and <= high)."""
+    if high is None:
+        return lambda v: None if _is_int(v) and v >= low else f"an integer >= {low}"
+    return lambda v: None if _is_int(v) and low <= v <= high else f"an integer in [{low}, {high}]"
 
 
 def number(low: float, high: float = math.inf, *, low_open=False, high_open=False):
@@ -91,7 +101,8 @@ def scale_range_or_none(v) -> str | None:
         return None
     ok = isinstance(v, tuple | list) and len(v) == 2
     ok = ok and all(_is_number(x) and math.isfinite(x) and x > 0 for x in v) and v[0] <= v[1]
-    return None if ok else "None or (min, max) scale factors with 0 < min <= max"
+    ok = ok and v[1] <= MAX_SCALE
+    return None if ok else f"None or (min, max) scale factors with 0 < min <= max <= {MAX_SCALE}"
 
 
 def size_or_none(v) -> str | None:
@@ -99,7 +110,11 @@ def size_or_none(v) -> str | None:
     if v is None:
         return None
     ok = isinstance(v, tuple | list) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v)
-    return None if ok else "None or (width, height) in whole pixels, e.g. (1280, 640)"
+    ok = ok and v[0] * v[1] <= MAX_CROP_PIXELS
+    return None if ok else (
+        "None or (width, height) in whole pixels, e.g. (1280, 640), of at most "
+        f"{MAX_CROP_PIXELS:,} pixels (4096x2048)"
+    )  # fmt: skip
 
 
 def optimizer_rules(v) -> str | None:
@@ -122,8 +137,9 @@ def optimizer_rules(v) -> str | None:
 
 
 def blocks(v) -> str | None:
-    ok = isinstance(v, tuple | list) and len(v) == 4 and all(_is_int(b) and b >= 1 for b in v)
-    return None if ok else "four positive block counts, e.g. (3, 4, 23, 3)"
+    ok = isinstance(v, tuple | list) and len(v) == 4
+    ok = ok and all(_is_int(b) and 1 <= b <= MAX_BLOCKS for b in v)
+    return None if ok else f"four block counts in [1, {MAX_BLOCKS}], e.g. (3, 4, 23, 3)"
 
 
 # field -> check; a check returns None when the value is fine, else what is allowed.
@@ -137,7 +153,7 @@ FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "deterministic": boolean,
     "model.num_classes": one_of(*VALID_NUM_CLASSES),
     "model.blocks": blocks,
-    "model.width": integer(1),
+    "model.width": integer(1, MAX_WIDTH),
     "model.stride_on": one_of(*STRIDE_PLACEMENTS),
     "model.aspp_branches": one_of(2, 4),
     "model.bn_mode": one_of(*BN_MODES),
@@ -171,7 +187,7 @@ FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "eval.dataset": one_of(*datasets.DATASETS),
     "eval.size": name,
     "eval.split": name,
-    "eval.batch_size": integer(1),
+    "eval.batch_size": integer(1, MAX_EVAL_BATCH),
     "eval.every_steps": integer(1),
     "eval.select": one_of(*SELECT_METRICS),
     "epochs.shared": boolean,
@@ -221,6 +237,8 @@ def check_config(config, check_paths: bool = True) -> None:
                 f"config.optim.groups.{name}={multiplier!r}: a learning-rate multiplier must "
                 "be a finite number >= 0."
             )
+    if config.model.dtype == "float64":
+        check_float64()
     if config.eval.select == "miou13" and config.model.num_classes != 16:
         raise ConfigError(
             f"config.eval.select='miou13' needs 16 classes (the 13 of 16 SYNTHIA classes), "
@@ -236,6 +254,18 @@ def check_config(config, check_paths: bool = True) -> None:
     check_data_names(config)
     if check_paths:
         check_config_paths(config)
+
+
+def check_float64() -> None:
+    """Raises ConfigError unless JAX's 64-bit mode is on (without it, float64 is float32)."""
+    import jax
+
+    if not jax.config.jax_enable_x64:
+        raise ConfigError(
+            "config.model.dtype='float64': JAX computes in float32 unless its 64-bit mode is "
+            "on, so the run would train in float32. Start it with JAX_ENABLE_X64=1 in the "
+            "environment to train in float64 (slow), or use float32 or bfloat16."
+        )
 
 
 def check_data_names(config) -> None:

@@ -1,4 +1,4 @@
-"""`python -m msjax.convert`: a PyTorch .pth file -> a msjax weights folder.
+r"""`python -m msjax.convert`: a PyTorch .pth file -> a msjax weights folder.
 
     python -m msjax.convert SRC.pth OUT_DIR
         [--layout auto|original|released|deeplab-init|torchvision] [--num-classes N]
@@ -12,7 +12,6 @@ checkpoint plus metadata.json that `config.init.checkpoint`, `msjax.evaluate` an
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from msjax import cli
@@ -21,9 +20,7 @@ from msjax import cli
 def parse_args(argv):
     from msjax.weights.pytorch import LAYOUTS
 
-    parser = argparse.ArgumentParser(
-        prog="python -m msjax.convert", description=__doc__.split("\n\n")[0].strip('`" ')
-    )
+    parser = cli.argument_parser("python -m msjax.convert", __doc__)
     parser.add_argument("src", help="PyTorch .pth file")
     parser.add_argument("out_dir", help="folder to write (Orbax checkpoint + metadata.json)")
     parser.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS))

@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-from msjax import cli, outputs
+from msjax import cli, outputs, ownership
 
 
 def demo_stages(config, workdir: str) -> list:
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     # Ctrl-C and SIGTERM are recorded from here on, never lost (msjax.training.preemption).
     with preemption.StopSignals() as signals:
-        parsed = cli.parse_config_flags(argv, default_config="demo.py")
+        parsed = cli.parse_config_flags(argv, default_config="demo.py", usage=__doc__)
         if isinstance(parsed, int):
             return parsed
         if signals.received() is not None:
@@ -112,9 +112,13 @@ def main(argv: list[str] | None = None) -> int:
             cli.check_workdir(flags.workdir)
             if "demo" not in config:
                 raise ConfigError("--config: msjax.demo needs a demo config (configs/demo.py).")
+            with cli.quiet_native_stderr():  # TensorFlow's C++ banners at import
+                from msjax.data import builders  # noqa: F401
             config_checks.check_demo(config.demo)
             cli.start_training_process(config)
-            results = run_demo(config, flags.workdir)
+            with ownership.use_folder(flags.workdir, "msjax.demo", what="--workdir",
+                                      clashes=("results.json",), collective=True):  # fmt: skip
+                results = run_demo(config, flags.workdir)
             return preemption.EXIT_STATUS.get(results.get("stop_signal"), 0)
 
         return cli.run(command, verbose=flags.verbose)

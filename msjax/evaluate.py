@@ -1,4 +1,4 @@
-"""`python -m msjax.evaluate`: a weights folder -> exact mIoU under a named protocol, a report.
+r"""`python -m msjax.evaluate`: a weights folder -> exact mIoU under a named protocol, a report.
 
     python -m msjax.evaluate --checkpoint runs/iw/best --dataset cityscapes --data-dir DATA \
         [--protocol original|full] [--flip] [--scales 0.75,1.0,1.25] [--split val] \
@@ -13,18 +13,19 @@ replace an earlier report only once all are written; other files in OUT are left
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from msjax import cli
+
+MAX_BATCH_SIZE = 64  # images per step; more only adds memory (an upper bound before any work)
 
 
 def parse_args(argv):
     from msjax.evaluation import inference, published
     from msjax.evaluation.protocol import PROTOCOLS
 
-    p = argparse.ArgumentParser(prog="python -m msjax.evaluate", description=__doc__.split("\n")[0])
+    p = cli.argument_parser("python -m msjax.evaluate", __doc__)
     p.add_argument(
         "--checkpoint", required=True, help="weights folder (metadata.json + variables/)"
     )
@@ -42,13 +43,16 @@ def parse_args(argv):
     p.add_argument("--input-size", default=None,
                    help="WxH fed to the network (a prepared size; default 1024x512, or the "
                    "data set's own size where it has no 1024x512)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1,
+                   help=f"images per step (at most {MAX_BATCH_SIZE})")  # fmt: skip
     p.add_argument("--precision", default=inference.DEFAULT_PRECISION, choices=inference.PRECISIONS,
                    help="'highest' float32 (default) or 'default' (TF32 on GPUs)")  # fmt: skip
     p.add_argument("--method", default=None, choices=published.METHODS,
                    help="paper row to compare with (default: the method the weights were trained "
                    "with, else the paper's best)")  # fmt: skip
-    p.add_argument("--out", default=None, help="report folder (default eval/CKPT/TAG)")
+    p.add_argument("--out", default=None,
+                   help="report folder (default eval/<checkpoint's path>/<dataset>_<protocol>"
+                   "[_flip][_ms] under the current folder)")  # fmt: skip
     p.add_argument("--save-predictions", action="store_true",
                    help="also write Cityscapes label-id PNGs to OUT/predictions")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
@@ -83,31 +87,89 @@ def check_args(args) -> Path:
     return outputs.check_output_folder(out, "--out")
 
 
+def check_sizes(args, setting, views) -> None:
+    """Checks --batch-size and the network input against their bounds, before any work.
+
+    Raises ConfigError for a batch size out of [1, MAX_BATCH_SIZE], or a network input (the
+    input size at the largest scale) over inference.MAX_NETWORK_PIXELS.
+    """
+    from msjax.errors import ConfigError
+    from msjax.evaluation import inference
+
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        raise ConfigError(f"--batch-size {args.batch_size}: must be in [1, {MAX_BATCH_SIZE}].")
+    w, _, h = setting.image_size.partition("x")
+    if w.isdigit() and h.isdigit():
+        what = f"--input-size {setting.image_size}"
+        inference.check_network_size((int(w), int(h)), views, what)
+
+
+def identity(args, setting, views) -> dict:
+    """What a report is of (its folder holds one; see msjax.ownership)."""
+    import os
+
+    return {
+        "checkpoint": os.path.abspath(os.path.expanduser(args.checkpoint)),
+        "dataset": args.dataset,
+        "split": setting.split,
+        "protocol": args.protocol,
+        "input_size": setting.image_size,
+        "flip": views.flip,
+        "scales": list(views.scales),
+    }
+
+
+def capped_batch_size(args, setting) -> int:
+    """--batch-size, at most the split's size (a larger batch would only pad)."""
+    from msjax.data import builders
+    from msjax.errors import DataError
+
+    try:
+        builder = builders.load_builder(setting.dataset.name, setting.image_size, args.data_dir)
+    except DataError:
+        return args.batch_size  # protocol.evaluate names the problem
+    splits = builder.info.splits
+    if setting.split not in splits:
+        return args.batch_size  # as above
+    examples = splits[setting.split].num_examples
+    if 0 < examples < args.batch_size:
+        print(f"--batch-size {args.batch_size}: the {setting.split} split has {examples} "
+              f"images; using {examples}.", flush=True)  # fmt: skip
+        return examples
+    return args.batch_size
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     cli.quiet_tensorflow()
 
     def command():
         args = parse_args(argv)  # inside cli.run: a Ctrl-C while it imports is one line
-        from msjax import outputs
+        from msjax import outputs, ownership
         from msjax.evaluation import inference, protocol, report
 
         out = check_args(args)
         # TensorFlow (the data pipeline) prints C++ banners at import that no flag silences.
         with cli.quiet_native_stderr():
             from msjax.data import builders, pipeline  # noqa: F401
+        views = inference.Views.from_flags(args.flip, args.scales)
+        setting = protocol.resolve(args.dataset, args.protocol, args.split, args.input_size)
+        check_sizes(args, setting, views)
+        cli.start_jax()
+        owner = dict(what="--out", identity=identity(args, setting, views),
+                     clashes=(*report.REPORT_FILES, "predictions"))  # fmt: skip
         # Everything is written under a staging folder and moved into OUT only at the end:
         # a failed or interrupted evaluation leaves an earlier report in OUT as it was.
-        with outputs.Staging(out) as staging:
+        with ownership.use_folder(out, "msjax.evaluate", **owner), outputs.Staging(out) as staging:
             results = protocol.evaluate(
                 args.checkpoint,
                 args.dataset,
                 args.data_dir,
                 protocol=args.protocol,
-                views=inference.Views.from_flags(args.flip, args.scales),
+                views=views,
                 split=args.split,
                 input_size=args.input_size,
-                batch_size=args.batch_size,
+                batch_size=capped_batch_size(args, setting),
                 predictions_dir=staging.path / "predictions" if args.save_predictions else None,
                 precision=args.precision,
                 progress=not args.no_progress,

@@ -20,7 +20,10 @@ folder, so the same file system) and renamed into place only when it is complete
 `check_output_folder` is the check every command runs on its output arguments before any
 work: a folder (or a folder that can be created), never a file, never an empty string.
 
-Write failures (disk full, permissions) become `msjax.errors.OutputError` naming the path.
+Write failures (disk full, permissions) become `msjax.errors.OutputError` naming the path,
+whatever library raised them: `storage_problem` finds a full disk or quota in an OSError,
+in TensorStore's and TensorFlow's errors (RESOURCE_EXHAUSTED) and in the errors that wrap
+them, and `short_reason` turns a library's error into one line.
 """
 
 from __future__ import annotations
@@ -34,10 +37,51 @@ import socket
 import sys
 from pathlib import Path
 
-from msjax.errors import ConfigError, OutputError
+from msjax.errors import ConfigError, OutputError, UserError
 
 STAGING_PREFIX = ".msjax-staging-"
 _TMP, _OLD = ".msjax-tmp-", ".msjax-old-"
+# How libraries that do their own I/O (TensorStore under Orbax, TensorFlow under TFDS) say
+# that the disk or the quota is full: they raise their own types, not OSError.
+_STORAGE_TEXT = {
+    "No space left on device": "No space left on device",
+    "os_error_code='28'": "No space left on device",
+    "Disk quota exceeded": "Disk quota exceeded",
+    "os_error_code='122'": "Disk quota exceeded",
+}
+_STORAGE_ERRNOS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
+
+
+def _chain(error: BaseException):
+    """The error and every error it was raised from or during."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def storage_problem(error: BaseException) -> str | None:
+    """'No space left on device' (or the quota's) if a full disk caused `error`, else None."""
+    for e in _chain(error):
+        if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+            return _STORAGE_ERRNOS[e.errno]
+        text = str(e)
+        for marker, problem in _STORAGE_TEXT.items():
+            if marker in text:
+                return problem
+    return None
+
+
+def short_reason(error: BaseException, limit: int = 300) -> str:
+    """One line that says why a library call failed: a full disk as such, else the first
+    line of its message without TensorStore's spec (kilobytes of JSON), shortened."""
+    problem = storage_problem(error)
+    if problem:
+        return problem
+    text = (str(error).strip() or type(error).__name__).splitlines()[0]
+    text = text.split(" [tensorstore_spec=")[0].split(" [source locations=")[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _tag() -> str:
@@ -167,7 +211,16 @@ def staged_folder(final, what: str = "output"):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as e:
+            problem = None if isinstance(e, UserError) else storage_problem(e)
+            if problem is None:
+                raise
+            raise OutputError(
+                f"Could not write the {what} {final}: {problem}. Anything at {final} before is "
+                "intact; free space and run again."
+            ) from e
         with _as_output_error(final, what):
             replace_folder(tmp, final)
     finally:
@@ -246,6 +299,12 @@ class Staging:
             # A write into the staging folder failed (disk full, quota): the user's problem.
             raise OutputError(
                 f"Could not write to {self.out}: {exc.strerror or exc}. Nothing in it changed."
+            ) from exc
+        mine = isinstance(exc, UserError) or not isinstance(exc, Exception)
+        problem = None if mine else storage_problem(exc)
+        if problem:
+            raise OutputError(
+                f"Could not write to {self.out}: {problem}. Nothing in it changed."
             ) from exc
 
     def final(self, staged: Path) -> Path:

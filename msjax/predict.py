@@ -1,4 +1,4 @@
-"""`python -m msjax.predict`: images -> colour label maps, overlays and Cityscapes label ids.
+r"""`python -m msjax.predict`: images -> colour label maps, overlays and Cityscapes label ids.
 
     python -m msjax.predict --checkpoint runs/iw/best \
         --images '~/cityscapes/leftImg8bit/val/*/*.png' --out predictions/ [--label-ids] \
@@ -12,7 +12,6 @@ image is done (a failure leaves OUT as it was); images under OUT are never input
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from msjax import cli
@@ -21,7 +20,7 @@ from msjax import cli
 def parse_args(argv):
     from msjax.evaluation import inference
 
-    p = argparse.ArgumentParser(prog="python -m msjax.predict", description=__doc__.split("\n")[0])
+    p = cli.argument_parser("python -m msjax.predict", __doc__)
     p.add_argument(
         "--checkpoint", required=True, help="weights folder (metadata.json + variables/)"
     )

@@ -1,4 +1,4 @@
-"""`python -m msjax.prepare`: turn a raw data set folder into a prepared TFDS data set, once.
+r"""`python -m msjax.prepare`: turn a raw data set folder into a prepared TFDS data set, once.
 
     python -m msjax.prepare gta5 ~/raw/GTA5 --data-dir ~/msjax_data               # 1280x720
     python -m msjax.prepare cityscapes ~/raw/cityscapes --data-dir ~/msjax_data \
@@ -24,16 +24,13 @@ A bad input stops with one message naming the path and exit status 2.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from msjax import cli
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m msjax.prepare", description=__doc__.split("\n")[0]
-    )
+    parser = cli.argument_parser("python -m msjax.prepare", __doc__)
     parser.add_argument(
         "dataset",
         help="gta5, synthia, cityscapes, nthu-CITY (rome, rio, tokyo, taipei), "
@@ -141,6 +138,7 @@ def prepare(args) -> None:
                     num_workers=args.workers,
                     max_examples=args.max_examples,
                     skip_bad=args.skip_bad,
+                    refuse_if_busy=True,
                 )
             except builders.BadPairError as e:
                 hint = "Pass --skip-bad to skip such pairs and list them in the summary instead."

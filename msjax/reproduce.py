@@ -25,7 +25,6 @@ stage the step time, memory and projected wall time in WORKDIR/preflight/ROW/
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from msjax import cli
@@ -34,9 +33,7 @@ from msjax import cli
 def parse_args(argv):
     from msjax.data.datasets import raw_flags
 
-    p = argparse.ArgumentParser(
-        prog="python -m msjax.reproduce", description=__doc__.split("\n")[0]
-    )
+    p = cli.argument_parser("python -m msjax.reproduce", __doc__)
     p.add_argument("row", help="SETTING:ARG, e.g. gta2city:iw_multi or city2nthu:rome[,smoke]")
     p.add_argument("--workdir", required=True, help="folder of the runs and the report")
     for flag in raw_flags():
@@ -80,15 +77,16 @@ def preflight_options(args):
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     cli.quiet_tensorflow()
-    args = parse_args(argv)
 
     def command() -> int:
+        args = parse_args(argv)  # inside cli.run: --help returns 0, Ctrl-C is one line
+        cli.check_workdir(args.workdir)
         from absl import logging as absl_logging
 
         # TensorFlow (the data pipeline) prints C++ banners at import that no flag silences.
         with cli.quiet_native_stderr():
             from msjax.data import builders  # noqa: F401
-        from msjax import reproduction
+        from msjax import ownership, reproduction
         from msjax.data import datasets
         from msjax.reproduction import data
         from msjax.training import preemption
@@ -105,14 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         data.check_raw(data.missing(plan), raw_dirs, plan.data_dir)
         reproduction.make_workdir(plan)
         cli.start_training_process(plan.config)
-        if options is not None:
-            from msjax.reproduction import preflight
+        with ownership.use_folder(plan.workdir, "msjax.reproduce", what="--workdir",
+                                  collective=True):  # fmt: skip
+            if options is not None:
+                from msjax.reproduction import preflight
 
-            record = preflight.preflight(plan, raw_dirs, options, progress=not args.no_progress)
-            print("\n" + preflight.markdown(record))
-            print("wrote " + ", ".join(record["paths"].values()))
-            return 0
-        record = reproduction.reproduce(plan, raw_dirs, progress=not args.no_progress)
+                record = preflight.preflight(plan, raw_dirs, options, progress=not args.no_progress)
+                print("\n" + preflight.markdown(record))
+                print("wrote " + ", ".join(record["paths"].values()))
+                return 0
+            record = reproduction.reproduce(plan, raw_dirs, progress=not args.no_progress)
         if "stop_signal" in record:
             return preemption.EXIT_STATUS.get(record["stop_signal"], 0)
         if "paths" in record:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             print("wrote " + ", ".join(record["paths"].values()))
         return 0
 
-    return cli.run(command, verbose=args.verbose)
+    return cli.run(command, verbose=cli.wants_verbose(sys.argv if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from msjax.errors import ConfigError
 
 DATA_AXIS = "data"
+# The most image pairs a device trains on per step: an upper bound checked before any work,
+# so that a mistyped batch is a message rather than a process the kernel kills. The
+# original trains one pair per step; 64 pairs of 1280x720 crops are far past any device's
+# memory already.
+MAX_PAIRS_PER_DEVICE = 64
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -43,12 +48,18 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def check_global_batch(global_batch: int, mesh: Mesh, field: str = "config.batch_pairs") -> None:
-    """Raises ConfigError unless the global batch is positive and divisible by the device count."""
+    """Raises ConfigError unless the global batch is positive, divisible by the device count
+    and at most MAX_PAIRS_PER_DEVICE pairs per device."""
     devices = mesh.devices.size
     if global_batch < 1 or global_batch % devices:
         raise ConfigError(
             f"{field}={global_batch}: the global batch must be a positive multiple of the "
             f"number of devices ({devices}: {mesh.devices.flat[0].platform}); e.g. {devices}."
+        )
+    if global_batch // devices > MAX_PAIRS_PER_DEVICE:
+        raise ConfigError(
+            f"{field}={global_batch}: {global_batch // devices} pairs per device on "
+            f"{devices} device(s), more than the {MAX_PAIRS_PER_DEVICE} msjax trains on one."
         )
     if global_batch % jax.process_count():
         raise ConfigError(

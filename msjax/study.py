@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-from msjax import cli, outputs
+from msjax import cli, outputs, ownership
 
 _EXTRA_FLAGS = []
 
@@ -71,23 +71,43 @@ def report(config, workdir: str, docs_dir: str | None = None) -> str:
     return text
 
 
+def check_something_finished(config, workdir: str) -> None:
+    """Raises WorkdirError when no run of the study has finished in `workdir` (an empty
+    report would be a success that reports nothing)."""
+    from msjax.errors import WorkdirError
+    from msjax.training import study
+    from msjax.training.stages import finished_summary
+
+    for run in study.study_runs(config, workdir):
+        if finished_summary(os.path.join(workdir, run.stage.name), run.stage.config.train.steps):
+            return
+    raise WorkdirError(
+        f"--workdir {workdir} holds no finished run of this study, so --report_only has "
+        "nothing to report: run the study there without --report_only first."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     cli.quiet_tensorflow()
     argv = list(sys.argv if argv is None else argv)
     _define_flags()
-    parsed = cli.parse_config_flags(argv, default_config="study.py")
+    parsed = cli.parse_config_flags(
+        argv, default_config="study.py", usage=__doc__, extra_flags=("report_only", "docs_dir")
+    )
     if isinstance(parsed, int):
         return parsed
     flags, config = parsed
 
     def command() -> int:
+        with cli.quiet_native_stderr():  # TensorFlow's C++ banners at import
+            from msjax.data import builders  # noqa: F401
+        from msjax.config_checks import check_study
         from msjax.errors import ConfigError
         from msjax.training import preemption
-        from msjax.training.study import check_study, run_study
+        from msjax.training.study import run_study
 
-        if flags.workdir is None:
-            raise ConfigError("--workdir is required: the folder of the study's runs.")
+        cli.check_workdir(flags.workdir)
         if "study" not in config:
             raise ConfigError("--config: msjax.study needs a study config (configs/study.py).")
         check_study(config.study)
@@ -95,12 +115,17 @@ def main(argv: list[str] | None = None) -> int:
         status = 0
         if not flags.report_only:
             cli.start_training_process(config)
-            done = run_study(config, workdir)
-            print(f"\nStudy: {done['finished']} runs finished; this call trained for "
-                  f"{done['ran_s'] / 60:.1f} min.", flush=True)  # fmt: skip
-            status = preemption.EXIT_STATUS.get(done.get("stop_signal"), 0)
-        if status == 0:
-            print(report(config, workdir, flags.docs_dir), flush=True)
+        with ownership.use_folder(workdir, "msjax.study", what="--workdir",
+                                  clashes=("report.md",), collective=True):  # fmt: skip
+            if not flags.report_only:
+                done = run_study(config, workdir)
+                print(f"\nStudy: {done['finished']} runs finished; this call trained for "
+                      f"{done['ran_s'] / 60:.1f} min.", flush=True)  # fmt: skip
+                status = preemption.EXIT_STATUS.get(done.get("stop_signal"), 0)
+            if flags.report_only:
+                check_something_finished(config, workdir)
+            if status == 0:
+                print(report(config, workdir, flags.docs_dir), flush=True)
         return status
 
     return cli.run(command, verbose=flags.verbose)

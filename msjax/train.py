@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.quiet_tensorflow()
     # Ctrl-C and SIGTERM are recorded from here on, never lost (msjax.training.preemption).
     with preemption.StopSignals() as signals:
-        parsed = cli.parse_config_flags(list(sys.argv if argv is None else argv))
+        parsed = cli.parse_config_flags(list(sys.argv if argv is None else argv), usage=__doc__)
         if isinstance(parsed, int):
             return parsed
         if signals.received() is not None:

@@ -438,7 +438,85 @@ CATALOGUE = {
     "fewer target than source examples": "both streams restart together",
     "disk full while saving": "No space left on device",
     "non-finite loss": "Non-finite",
+    # -- One command per folder, nothing replaced that it did not write, bounded memory,
+    #    the real cause in one line, values honoured, help (test_locks.py, test_ownership.py,
+    #    test_bounds.py, test_causes.py, test_edge_cases.py, test_help.py).
+    "help of the config commands": "--config.FIELD=VALUE",
+    "help of the other commands": "usage: python -m msjax.",
+    "two trainings on one workdir": "is in use by process",
+    "evaluate, predict or prepare on a folder in use": "is in use by process",
+    "stale lock of a dead process": "which is no longer running; taking it over.",
+    "lock of another host": "msjax cannot check a process of another host",
+    "SIGTERM to evaluate, predict, prepare or convert": "Terminated (SIGTERM). Outputs being",
+    "demo on a training run's workdir": "python -m msjax.demo does not write into another",
+    "train on another command's folder": "python -m msjax.train does not write into another",
+    "evaluate of two checkpoints of one name": "eval/runs/a/final/synthetic-target_original",
+    "evaluate --out of another checkpoint": "holds the output of another evaluate",
+    "evaluate --out of another command": "is the workdir of a training run",
+    "evaluate --out inside the checkpoint": "is inside the weights folder",
+    "workdir inside a run's checkpoints": "which the training run",
+    "train without --config": "--config is required: the experiment",
+    "crop too large": "of at most 8,388,608 pixels (4096x2048)",
+    "random scale too large": "scale factors with 0 < min <= max <= 4.0",
+    "model too wide or too deep": "config.model.width=100000: must be an integer in [1, 256]",
+    "validation batch too large": "config.eval.batch_size=100000: must be an integer in [1, 64]",
+    "batch of too many pairs per device": "more than the 64 msjax trains on one",
+    "evaluate a split that is not prepared": "has no split 'test'; prepared splits",
+    "predict --out that is the images folder": "every image it names is under --out",
+    "study report of no finished run": "holds no finished run of this study",
+    "workdir that is a file": "is a file, not a folder.",
+    "predict --out of another checkpoint": "holds the output of another predict",
+    "predict over files it did not write": "which msjax did not write there",
+    "predict an image over the size limit": "more than the 67.1 Mpx (8192x8192) msjax.predict",
+    "predict a large photo": "a band of rows at a time",
+    "predict --input-size too large": "more than the 8.4 Mpx (4096x2048) msjax feeds it",
+    "evaluate --scales too large": "at scale 100",
+    "evaluate --batch-size too large": "--batch-size 100000: must be in [1, 64]",
+    "evaluate --batch-size over the split": "images; using 24.",
+    "JAX_PLATFORMS of a platform this machine lacks": "JAX cannot start that platform",
+    "disk full while preparing": "Could not write the prepared data set",
+    "disk full in TensorStore while exporting": "Could not write the weights folder",
+    "half-copied weights folder": "files of it are missing (an incomplete copy?)",
+    "float64 compute dtype": "JAX computes in float32 unless its 64-bit mode is on",
+    "weights with NaN or Inf read": "holds NaN or Inf values in",
+    "weights with NaN or Inf written": "msjax does not write them",
+    "checkpoints/ deleted by hand": "but no train state in",
+    "renamed checkpoint step": "(was it renamed?)",
+    "evaluate synthetic without --input-size": "at the set's own size",
+    "hint for an unprepared synthetic size": "Run: python -m msjax.prepare synthetic-target --",
+    "misspelt split name": "Did you mean 'train'?",
+    "reproduce --source-weights of a .pth": "is a file: msjax reads converted weights folders",
+    "reproduce --init with --source-weights": "--init and --source-weights exclude each other",
+    "empty --workdir of demo, study or reproduce": "--workdir is required",
 }
+
+
+def tree(path) -> dict:
+    """{relative path: bytes} of every file under `path` ({} if it does not exist)."""
+    path = Path(path)
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def refused(capsys, main, args, case) -> str:
+    """Runs a command's main; asserts exit 2, one error line with the case's message."""
+    assert main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("error: ")]) == 1, err
+    assert CATALOGUE[case] in err, err
+    return err
+
+
+def evaluate_args(weights_dir, data_dir, out, *more):
+    """msjax.evaluate's arguments for a smoke checkpoint on the synthetic data at 128x64."""
+    return ["--checkpoint", weights_dir, "--dataset", "synthetic-target", "--input-size", "128x64",
+            "--data-dir", data_dir, "--out", out, "--no-progress", *more]  # fmt: skip
+
+
+def predict_args(weights_dir, images, out, *more):
+    """msjax.predict's arguments at a network input height of 24."""
+    return ["--checkpoint", weights_dir, "--images", images, "--out", out, "--input-size", "24",
+            "--no-progress", *more]  # fmt: skip
 
 
 def fails(capsys, config, workdir, case, **kwargs) -> str:

@@ -18,36 +18,22 @@ import pytest
 import torch
 from PIL import Image
 
-from msjax import convert, evaluate, predict, prepare
+from msjax import convert, evaluate, ownership, predict, prepare
 from msjax.data import builders
 from msjax.evaluation import predictor, visualize
 from tests.helpers import (
-    CATALOGUE,
     IMAGE_H,
     IMAGE_W,
+    evaluate_args,
     make_gta5,
+    predict_args,
+    refused,
     save_random_checkpoint,
+    tree,
     truncate,
     write_png16,
 )
 from tests.reference.deeplabv2_torch import DeepLabV2Torch, randomize_, save_in_layout
-
-
-def tree(path) -> dict:
-    """{relative path: bytes} of every file under `path` ({} if it does not exist)."""
-    path = Path(path)
-    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
-
-
-def refused(capsys, main, args, case) -> str:
-    """Runs a command's main; asserts exit 2, one error line with the case's message."""
-    assert main([str(a) for a in args]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert len([line for line in err.splitlines() if line.startswith("error: ")]) == 1, err
-    assert CATALOGUE[case] in err, err
-    return err
-
 
 # ---- prepare ---------------------------------------------------------------------------
 
@@ -207,11 +193,6 @@ def weights_dir(tmp_path_factory):
     return path
 
 
-def evaluate_args(weights_dir, data_dir, out, *more):
-    return ["--checkpoint", weights_dir, "--dataset", "synthetic-target", "--input-size", "128x64",
-            "--data-dir", data_dir, "--out", out, "--no-progress", *more]  # fmt: skip
-
-
 @pytest.mark.parametrize(
     "out, data, case",
     [
@@ -266,8 +247,8 @@ def test_evaluate_that_fails_keeps_the_earlier_report(
     monkeypatch.setattr(visualize, "iou_bar_chart", interrupted)
     assert evaluate.main([str(a) for a in args]) == 130
     assert tree(out) == before
-    assert sorted(os.listdir(out)) == ["iou.png", "notes.txt", "predictions", "results.json",
-                                       "results.md"]  # fmt: skip
+    assert sorted(os.listdir(out)) == [ownership.MARKER, "iou.png", "notes.txt", "predictions",
+                                       "results.json", "results.md"]  # fmt: skip
 
 
 # ---- predict ---------------------------------------------------------------------------
@@ -280,11 +261,6 @@ def images(tmp_path):
     for name in ("a.png", "sub/b.png", "sub/c.png"):
         Image.fromarray(rng.integers(0, 255, (24, 40, 3), np.uint8)).save(tmp_path / "img" / name)
     return tmp_path / "img"
-
-
-def predict_args(weights_dir, images, out, *more):
-    return ["--checkpoint", weights_dir, "--images", images, "--out", out, "--input-size", "24",
-            "--no-progress", *more]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -325,7 +301,7 @@ def test_predict_that_fails_half_way_leaves_out_as_it_was(weights_dir, images, t
     out = tmp_path / "out"
     assert predict.main([str(a) for a in predict_args(weights_dir, images, out)]) == 0
     before = tree(out)
-    assert len(before) == 6
+    assert len(before) == 6 + 1  # and the folder's mark (msjax.ownership)
     truncate(images / "sub" / "c.png")  # the header reads; the pixels do not
     refused(capsys, predict.main, predict_args(weights_dir, images, out), "predict truncated image")
     assert tree(out) == before
@@ -337,7 +313,7 @@ def test_predict_out_inside_the_images_folder(weights_dir, images, capsys):
     for _ in range(2):
         assert predict.main([str(a) for a in predict_args(weights_dir, images, out)]) == 0
         assert "wrote 6 files" in capsys.readouterr().out
-    assert len(tree(out)) == 6
+    assert len(tree(out)) == 6 + 1  # and the folder's mark
 
 
 def test_odd_image_files_are_read_as_a_viewer_shows_them(tmp_path):

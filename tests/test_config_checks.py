@@ -50,6 +50,10 @@ BAD_FIELDS = {
     "data dir that is a file": {"data_dir": __file__},
     "init checkpoint missing": {"init__checkpoint": "/nonexistent/w"},
     "init checkpoint a .pth": {"init__checkpoint": __file__},
+    "crop too large": {"target__crop_size": (100000, 100000)},
+    "random scale too large": {"source__random_scale": (1.0, 100.0)},
+    "model too wide or too deep": {"model__width": 100000},
+    "validation batch too large": {"eval__batch_size": 100000},
 }
 
 

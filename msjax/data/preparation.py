@@ -11,16 +11,19 @@ interrupted run, with or without --overwrite, leaves the prepared data as it was
 
 import collections
 import contextlib
+import difflib
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 
-from msjax import outputs
+from msjax import locks, outputs
 from msjax.data import datasets, labels, layouts
 from msjax.errors import DataError
 
 MAX_LISTED = 10  # skipped files listed per reason in the summary
+WAIT_S = 30 * 60  # how long a preparation waits for another process preparing the same
 
 
 def default_sizes(dataset: str) -> list[str]:
@@ -28,12 +31,29 @@ def default_sizes(dataset: str) -> list[str]:
     return [datasets.get(dataset).sizes[0]]
 
 
+SPLIT_NAMES = ("train", "val", "test")
+_SPLIT_NAME = re.compile(r"(train|val|test)(_\w+)?")
+
+
 def parse_split_lists(items) -> dict[str, Path]:
+    """{split: list file} of the --split-list SPLIT=PATH arguments.
+
+    A split is named train, val or test, or one of them with a suffix (train_small,
+    val_rome): the trainer reads `train` and evaluates `val` or `test` by default, and a
+    misspelt name ('tarin') would otherwise prepare a split that nothing reads.
+    """
     out = {}
     for item in items or []:
         split, sep, path = item.partition("=")
         if not sep or not split or not path:
             raise DataError(f"--split-list {item!r}: expected SPLIT=PATH, e.g. train=train.txt.")
+        if not _SPLIT_NAME.fullmatch(split):
+            close = difflib.get_close_matches(split, SPLIT_NAMES, n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise DataError(
+                f"--split-list {item!r}: {split!r} is not a split name: use train, val or "
+                f"test, or one of them with a suffix (train_small, val_rome).{hint}"
+            )
         out[split] = Path(path)
     return out
 
@@ -58,6 +78,7 @@ def prepare_one(
     num_workers: int | None = None,
     max_examples: int | None = None,
     skip_bad: bool = False,
+    refuse_if_busy: bool = False,
 ) -> dict:
     """Prepares one size of one data set.
 
@@ -76,6 +97,8 @@ def prepare_one(
       max_examples: keep at most this many examples per split (quick tests and demos).
       skip_bad: skip (and list) unreadable pairs, and listed pairs missing on disk, instead
         of stopping.
+      refuse_if_busy: when another process prepares this size, raise WorkdirError at once
+        (the prepare command) instead of waiting for it (up to WAIT_S) and reusing its result.
 
     Returns:
       A summary dict: dataset, size, path, splits (name -> count), split_lists (what
@@ -102,15 +125,21 @@ def prepare_one(
 
     builder = make_builder(Path(data_dir).expanduser().absolute())
     summary = dict(dataset=dataset, size=size, path=builder.data_dir, already=False)
-    if (Path(builder.data_dir) / "dataset_info.json").is_file() and not overwrite:
-        summary.update(
-            already=True,
-            splits={k: v.num_examples for k, v in builder.info.splits.items()},
-            split_lists=(builder.info.metadata or {}).get("split_lists"),
-        )
-        return summary
-    download_config = _download_config(raw_dir, max_examples)
-    builder = build_and_swap(make_builder, Path(builder.data_dir), download_config)
+    # One preparation at a time per data set size (msjax.locks, on DATA/<builder>/<size>):
+    # the prepare command refuses a size another process prepares; a trainer generating
+    # its synthetic data waits for it, then finds the size prepared.
+    folder = Path(builder.data_dir).parent
+    with locks.hold(folder, "data set folder", wait_s=0 if refuse_if_busy else WAIT_S):
+        if (Path(builder.data_dir) / "dataset_info.json").is_file() and not overwrite:
+            builder = make_builder(Path(data_dir).expanduser().absolute())  # as now on disk
+            summary.update(
+                already=True,
+                splits={k: v.num_examples for k, v in builder.info.splits.items()},
+                split_lists=(builder.info.metadata or {}).get("split_lists"),
+            )
+            return summary
+        download_config = _download_config(raw_dir, max_examples)
+        builder = build_and_swap(make_builder, Path(builder.data_dir), download_config)
     summary.update(_build_facts(builder, layout))
     return summary
 

@@ -92,6 +92,26 @@ def _check_precision(precision: str) -> None:
         raise ValueError(f"precision {precision!r}: valid values are {list(PRECISIONS)}")
 
 
+# The most pixels the network is fed for one image (4096x2048, twice Cityscapes' native
+# size in each direction): an upper bound checked before any work, so that a mistyped size
+# is a message, not a process the kernel kills for its memory.
+MAX_NETWORK_PIXELS = 4096 * 2048
+
+
+def check_network_size(wh: tuple[int, int], views: Views, what: str) -> None:
+    """Raises ConfigError if an input of (width, height) at the views' largest scale would
+    feed the network more than MAX_NETWORK_PIXELS; `what` names the argument at fault."""
+    scale = max(views.scales)
+    w, h = round(wh[0] * scale), round(wh[1] * scale)
+    if w * h > MAX_NETWORK_PIXELS:
+        at = f" at scale {scale:g}" if scale != 1.0 else ""
+        raise ConfigError(
+            f"{what}: the network would see {w}x{h} pixels{at} ({w * h / 1e6:.1f} Mpx), more "
+            f"than the {MAX_NETWORK_PIXELS / 1e6:.1f} Mpx (4096x2048) msjax feeds it; use a "
+            "smaller input size."
+        )
+
+
 # One unflipped view at scale 1: the default of the original's evaluate.py, although its README's
 # evaluation command passes --flip True (FLIP_VIEW).
 SINGLE_VIEW = Views()
@@ -206,6 +226,79 @@ def make_predict_fn(
             return predict(model, variables, images, target_hw, views)
 
     return jax.jit(fn, compiler_options=xla.compiler_options(model.compile_platform))
+
+
+# Bytes of upsampled probabilities one band of output rows may take (`make_banded_predict_fn`).
+BAND_BYTES = 64 * 2**20
+
+
+def make_banded_predict_fn(
+    model: DeepLabV2,
+    target_hw: tuple[int, int],
+    views=SINGLE_VIEW,
+    precision: str = DEFAULT_PRECISION,
+):
+    """`predict`'s labels for one large image, upsampled a band of output rows at a time.
+
+    The same computation as `make_predict_fn` (each view's feature logits upsampled
+    bilinear, align corners, soft-maxed and averaged), but the upsampled probabilities
+    exist for at most BAND_BYTES at a time instead of [views, H, W, classes] at once (7.6 GB
+    for one view of a 10000x10000 image and 19 classes). Row bands use the rows of the same
+    interpolation matrix, so the result is the full computation's up to round-off.
+
+    Returns:
+      `fn(variables, images [1, h, w, 3]) -> uint8 labels [H, W]` (a NumPy array).
+    """
+    import numpy as np
+
+    from msjax.models.layers import align_corners_matrix
+
+    _check_precision(precision)
+    th, tw = target_hw
+    copies = 2 if views.flip else 1
+    options = xla.compiler_options(model.compile_platform)
+
+    def features(variables, images):
+        with jax.default_matmul_precision(precision):
+            out = []
+            for scale in views.scales:
+                x = _resize_input(images, scale)
+                out.append(feature_logits(
+                    model, variables, jnp.concatenate([x, x[:, :, ::-1]]) if views.flip else x
+                ))  # fmt: skip
+            return out
+
+    def band(logits, row_weights, col_weights):
+        hp = jax.lax.Precision.HIGHEST
+        total = None
+        for x, mh, mw in zip(logits, row_weights, col_weights, strict=True):
+            x = jnp.einsum("oh,nhwc->nowc", mh, x, precision=hp)
+            probs = jax.nn.softmax(jnp.einsum("pw,nowc->nopc", mw, x, precision=hp), axis=-1)
+            if views.flip:
+                probs = probs[:1] + probs[1:, :, ::-1]
+            total = probs if total is None else total + probs
+        return jnp.argmax(total[0], axis=-1).astype(jnp.uint8)
+
+    features_fn = jax.jit(features, compiler_options=options)
+    band_fn = jax.jit(band, compiler_options=options)
+
+    def fn(variables, images):
+        logits = features_fn(variables, images)
+        classes = logits[0].shape[-1]
+        rows = max(1, BAND_BYTES // (copies * tw * classes * 4))
+        mhs = [align_corners_matrix(th, x.shape[1]).astype(np.float32) for x in logits]
+        mws = [jnp.asarray(align_corners_matrix(tw, x.shape[2]), jnp.float32) for x in logits]
+        out = np.empty((th, tw), np.uint8)
+        for r0 in range(0, th, rows):
+            # Every band has `rows` rows (one compilation); the last one's padding is zeros.
+            bands = [np.zeros((rows, m.shape[1]), np.float32) for m in mhs]
+            for b, m in zip(bands, mhs, strict=True):
+                b[: min(rows, th - r0)] = m[r0 : r0 + rows]
+            labels = band_fn(logits, bands, mws)
+            out[r0 : r0 + rows] = np.asarray(labels)[: th - r0]
+        return out
+
+    return fn
 
 
 def make_eval_step(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,11 @@ from msjax.errors import ConfigError, DataError
 from msjax.evaluation import inference, visualize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# The largest image predict takes (8192x8192): the image, its label map, colour map and
+# overlay are held whole (the upsampled probabilities are made in bands,
+# inference.make_banded_predict_fn; docs/performance.md has the memory figures); larger
+# images are refused from their header, before any work.
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 def find_images(pattern: str, exclude=None) -> tuple[list[Path], Path]:
@@ -56,7 +62,14 @@ def find_images(pattern: str, exclude=None) -> tuple[list[Path], Path]:
         root = Path(os.path.commonpath([p.parent for p in found])) if found else Path(".")
     if exclude is not None:
         skip = Path(exclude).absolute()
-        found = [p for p in found if not p.absolute().is_relative_to(skip)]
+        outside = [p for p in found if not p.absolute().is_relative_to(skip)]
+        if found and not outside:
+            raise ConfigError(
+                f"--images {pattern!r}: every image it names is under --out {skip}, and "
+                "images under --out are never inputs (they may be an earlier run's "
+                "pictures). Give an --out outside the images."
+            )
+        found = outside
     if not found:
         raise DataError(
             f"--images {pattern!r} matches no image ({', '.join(IMAGE_SUFFIXES)} files); give "
@@ -85,18 +98,44 @@ def output_stems(images: list[Path], root: Path) -> list[Path]:
     return stems
 
 
-def check_images(images: list[Path]) -> None:
-    """Opens every image's header before any work: DataError for a file that is no image."""
+def check_images(images: list[Path]) -> list[tuple[int, int]]:
+    """Reads every image's header before any work; returns their (width, height).
+
+    Raises:
+      DataError: a file that is no image, or an image of more than MAX_IMAGE_PIXELS.
+    """
     from PIL import Image
 
+    sizes = []
     for path in images:
         try:
-            with Image.open(path) as img:
-                img.size  # noqa: B018 (reading the header is the check)
+            with warnings.catch_warnings():  # PIL's bomb warning; the limit below says more
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(path)
+            with img:
+                w, h = img.size
         except Image.DecompressionBombError as e:
             raise DataError(f"cannot read image {path}: {e}") from e
         except (OSError, SyntaxError, ValueError) as e:
             raise DataError(f"cannot read image {path}: {e} (not an image, or damaged).") from e
+        if w * h > MAX_IMAGE_PIXELS:
+            raise DataError(
+                f"image {path} is {w}x{h} ({w * h / 1e6:.1f} Mpx), more than the "
+                f"{MAX_IMAGE_PIXELS / 1e6:.1f} Mpx (8192x8192) msjax.predict takes; downscale "
+                "it first (or cut it into tiles)."
+            )
+        sizes.append((w, h))
+    return sizes
+
+
+def check_network_sizes(images, sizes, input_size, views) -> None:
+    """ConfigError before any work if an image would feed the network too many pixels."""
+    text = "native" if input_size is None else (
+        str(input_size[1]) if input_size[0] == "height" else "x".join(map(str, input_size[1]))
+    )  # fmt: skip
+    for path, size in zip(images, sizes, strict=True):
+        what = f"--input-size {text} for {path} ({size[0]}x{size[1]})"
+        inference.check_network_size(network_size(size, input_size), views, what)
 
 
 def parse_input_size(text: str):
@@ -182,11 +221,17 @@ class Predictor:
             x = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC))
         x = normalize(x.astype(np.float32), self.normalization)[None]
         if (h, w) not in self._fns:
-            self._fns[(h, w)] = inference.make_predict_fn(
-                self.model, (h, w), self._views, self._precision
-            )
-        labels, _ = self._fns[(h, w)](self.variables, x)
-        return np.asarray(labels[0])
+            self._fns[(h, w)] = self._make_fn((h, w))
+        return self._fns[(h, w)](self.variables, x)
+
+    def _make_fn(self, hw):
+        """The predict function of one output size: banded when the probabilities at that
+        size would take more than inference.BAND_BYTES."""
+        probabilities = hw[0] * hw[1] * self.num_classes * 4 * (2 if self._views.flip else 1)
+        if probabilities > inference.BAND_BYTES:
+            return inference.make_banded_predict_fn(self.model, hw, self._views, self._precision)
+        fn = inference.make_predict_fn(self.model, hw, self._views, self._precision)
+        return lambda variables, x: np.asarray(fn(variables, x)[0][0])
 
 
 def write_outputs(
@@ -246,24 +291,32 @@ def predict_files(
     """
     from tqdm import tqdm
 
-    from msjax import outputs
+    from msjax import cli, outputs, ownership
 
     if not (isinstance(alpha, int | float) and 0.0 <= alpha <= 1.0):
         raise ConfigError(f"--alpha {alpha}: the overlay colour weight must be in [0, 1].")
     out_dir = outputs.check_output_folder(out_dir, "--out")
     images, root = find_images(pattern, exclude=out_dir)
     stems = output_stems(images, root)
-    check_images(images)
-    predictor = Predictor(checkpoint, views, input_size, precision)
+    check_network_sizes(images, check_images(images), input_size, views)
+    cli.start_jax()
+    identity = {"checkpoint": os.path.abspath(os.path.expanduser(os.fspath(checkpoint))),
+                "input_size": input_size and list(input_size), "flip": views.flip,
+                "scales": list(views.scales)}  # fmt: skip
+    suffixes = ("color", "overlay", *(["labelIds"] if label_ids else []))
+    clashes = [stem.with_name(f"{stem.name}_{sfx}.png") for stem in stems for sfx in suffixes]
+    owner = dict(what="--out", identity=identity, clashes=clashes)
     # Written under a staging folder, merged into OUT file by file only once every image is
     # done: a failure half-way leaves OUT as it was.
-    with outputs.Staging(out_dir, merge=True) as staging:
-        written = []
-        bar = tqdm(images, desc="predict", unit="img", disable=not progress, file=sys.stderr)
-        for path, stem in zip(bar, stems, strict=True):
-            image = read_image(path)
-            pred = predictor(image)
-            written += write_outputs(
-                staging.path / stem, image, pred, predictor.num_classes, alpha, label_ids
-            )
+    with ownership.use_folder(out_dir, "msjax.predict", **owner):
+        predictor = Predictor(checkpoint, views, input_size, precision)
+        with outputs.Staging(out_dir, merge=True) as staging:
+            written = []
+            bar = tqdm(images, desc="predict", unit="img", disable=not progress, file=sys.stderr)
+            for path, stem in zip(bar, stems, strict=True):
+                image = read_image(path)
+                pred = predictor(image)
+                written += write_outputs(
+                    staging.path / stem, image, pred, predictor.num_classes, alpha, label_ids
+                )
     return [staging.final(p) for p in written]

@@ -323,7 +323,16 @@ def _record(
 
 
 def default_out_dir(checkpoint, dataset: str, protocol: str, views: inference.Views) -> Path:
-    """eval/<checkpoint name>/<dataset>_<protocol>[_flip][_ms] under the working folder."""
+    """eval/<checkpoint's path>/<dataset>_<protocol>[_flip][_ms] under the working folder.
+
+    The whole path names the folder (relative to the working folder when the checkpoint is
+    under it), so two checkpoints never share one: runs/a/best -> eval/runs/a/best/...
+    """
     tag = f"{dataset}_{protocol}" + ("_flip" if views.flip else "")
     tag += "_ms" if views.scales != (1.0,) else ""
-    return Path("eval") / Path(os.path.abspath(checkpoint)).name / tag
+    path = Path(os.path.abspath(os.path.expanduser(checkpoint)))
+    try:
+        named = path.relative_to(Path.cwd())
+    except ValueError:
+        named = path.relative_to(path.anchor)
+    return Path("eval") / named / tag

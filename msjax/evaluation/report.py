@@ -98,6 +98,9 @@ def markdown_table(results: dict, method: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+REPORT_FILES = ("results.json", "results.md", "iou.png")
+
+
 def write_report(results: dict, out_dir, method: str | None = None) -> dict[str, Path]:
     """Writes results.json, results.md and iou.png into out_dir; returns their paths."""
     from msjax.evaluation import visualize

@@ -53,14 +53,21 @@ def overlay(image, color, alpha: float = 0.5, label_map=None) -> np.ndarray:
     Returns:
       uint8 [..., H, W, 3].
     """
-    image = np.asarray(image, np.float32)
-    color = np.asarray(color, np.float32)
+    image, color = np.asarray(image), np.asarray(color)
     if image.shape != color.shape:
         raise ValueError(f"image {image.shape} and colours {color.shape} differ in shape")
-    blend = (1.0 - alpha) * image + alpha * color
-    if label_map is not None:
-        blend = np.where((np.asarray(label_map) == labels.IGNORE)[..., None], image, blend)
-    return np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+    ignore = None if label_map is None else np.asarray(label_map) == labels.IGNORE
+    out = np.empty(image.shape, np.uint8)
+    flat_image, flat_color = image.reshape(-1, 3), color.reshape(-1, 3)
+    flat_out, flat_ignore = out.reshape(-1, 3), None if ignore is None else ignore.reshape(-1)
+    chunk = 1 << 20  # pixels blended at a time: float32 copies of a whole large image are GBs
+    for i in range(0, flat_out.shape[0], chunk):
+        img = flat_image[i : i + chunk].astype(np.float32)
+        blend = (1.0 - alpha) * img + alpha * flat_color[i : i + chunk].astype(np.float32)
+        if flat_ignore is not None:
+            blend = np.where(flat_ignore[i : i + chunk, None], img, blend)
+        flat_out[i : i + chunk] = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+    return out
 
 
 def to_cityscapes_ids(label_map, num_classes: int = 19) -> np.ndarray:

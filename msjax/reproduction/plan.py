@@ -174,6 +174,12 @@ def make_plan(row: Row, workdir, data_dir=None, init=None, source_weights=None) 
 
 
 def _check_weights(flag: str, path: str, num_classes: int, hint: str) -> None:
+    if os.path.isfile(path):
+        raise ConfigError(
+            f"{flag} {path} is a file: msjax reads converted weights folders; convert it "
+            f"first (python -m msjax.convert {path} OUT_DIR --num-classes {num_classes}) and "
+            "pass OUT_DIR."
+        )
     if not os.path.isdir(path):
         raise ConfigError(f"{flag} {path}: no such folder; pass {hint}.")
     try:
@@ -203,6 +209,11 @@ def check_plan(plan: Plan, require_init: bool = True) -> None:
     init_hint = INIT_HINT.format(n=n)
     if row.smoke and plan.init:
         raise ConfigError(f"--init: {row.name} trains a tiny model from random weights.")
+    if plan.source_weights and plan.init:
+        raise ConfigError(
+            "--init and --source-weights exclude each other: with --source-weights no source "
+            "model is trained, so --init would not be used. Pass one of them."
+        )
     if plan.source_weights and not row.method.adapting:
         raise ConfigError(
             f"--source-weights: {row.name} is the source-only row, it trains the source model "

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from msjax import weights
+from msjax import outputs, weights
 from msjax.errors import CheckpointError
 
 
@@ -87,6 +87,8 @@ class RunCheckpoints:
         try:
             restored = self._manager.restore(step, args=args)
             state = flax.serialization.from_state_dict(target, restored.state)
+        except CheckpointError:
+            raise
         except Exception as e:  # Orbax and TensorStore raise many types for damaged files.
             folder = os.path.join(self.directory, str(step))
             others = [s for s in self.all_steps() if s != step]
@@ -97,9 +99,29 @@ class RunCheckpoints:
             )
             raise CheckpointError(
                 f"Cannot restore the train state of step {step} from {folder} (damaged or "
-                f"written by another model/config): {_first_line(e)}. {hint}."
+                f"written by another model/config): {outputs.short_reason(e)}. {hint}."
             ) from e
+        self._check_step(step, restored.state)
         return state, dict(restored.record)
+
+    def _check_step(self, step: int, tree) -> None:
+        """Raises CheckpointError if the folder of `step` holds the state of another step.
+
+        Orbax takes the step from the folder's name, so a renamed folder would resume as
+        the step it was renamed to, with another step's state and data order.
+        """
+        saved = tree.get("step") if isinstance(tree, Mapping) else None
+        if saved is None:
+            return
+        shard = saved.addressable_data(0) if hasattr(saved, "addressable_data") else saved
+        saved = int(np.asarray(shard))
+        if saved != step:
+            folder = os.path.join(self.directory, str(step))
+            raise CheckpointError(
+                f"{folder} holds the train state of step {saved}, not {step} (was it "
+                f"renamed?): rename it back to {os.path.join(self.directory, str(saved))} "
+                "to resume from it, or move it out of the way."
+            )
 
     def wait(self) -> None:
         """Blocks until pending saves are on disk.
@@ -121,18 +143,13 @@ class RunCheckpoints:
             kept = f"step {intact[-1]} is intact" if intact else "no earlier checkpoint exists"
             raise CheckpointError(
                 f"Could not save the train state of step {step} to {self.directory}: "
-                f"{_first_line(e)}. The previous checkpoint ({kept}) was not touched."
+                f"{outputs.short_reason(e)}. The previous checkpoint ({kept}) was not touched."
             ) from e
 
     def close(self) -> None:
         """Finishes a pending save (raising CheckpointError if it fails) and closes."""
         with self._reporting_failures(self._pending_step):
             self._manager.close()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 def _abstract(x):

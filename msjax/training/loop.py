@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from msjax import outputs, sharding
+from msjax import locks, outputs, sharding
 from msjax.errors import TrainingError
 from msjax.training import preemption
 from msjax.training.checkpoints import export_weights
@@ -355,7 +355,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
       msjax.errors.UserError subclasses: problems the user can fix, each naming the file,
         field or step at fault.
     """
-    with preemption.StopSignals() as signals:
+    with preemption.StopSignals() as signals, locks.hold(workdir, "workdir", collective=True):
         run = build_run(config, workdir, allow_config_change)
         try:
             facts = describe(run)

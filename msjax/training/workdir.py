@@ -17,7 +17,7 @@ import time
 
 import jax
 
-from msjax import outputs
+from msjax import outputs, ownership
 from msjax.errors import WorkdirError
 
 CONFIG_FILE = "config.json"
@@ -121,6 +121,40 @@ def check_not_past_the_end(workdir: str, config) -> None:
         )
 
 
+def exported_steps(workdir: str) -> dict[str, int | None]:
+    """{'best'|'final': the step its weights are of (None if unrecorded)} of the workdir."""
+    found = {}
+    for name in ("best", "final"):
+        path = os.path.join(workdir, name, "metadata.json")
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    found[name] = json.load(f).get("step")
+            except (OSError, ValueError, AttributeError):
+                found[name] = None
+    return found
+
+
+def check_train_states_kept(workdir: str) -> None:
+    """Refuses a run whose train states are gone but whose exported weights are not.
+
+    Training again from step 0 there would replace best/ and final/ (the weights of a run
+    whose checkpoints were deleted, e.g. to save space) without a word.
+    """
+    if has_checkpoints(workdir):
+        return
+    exported = exported_steps(workdir)
+    if exported:
+        listed = " and ".join(f"{name}/ (step {step})" for name, step in exported.items())
+        raise WorkdirError(
+            f"workdir {workdir} holds {listed} but no train state in "
+            f"{os.path.join(workdir, 'checkpoints')} (deleted?), so the run cannot resume, "
+            "and training from step 0 would replace them. Use a new --workdir (with "
+            f"--config.init.checkpoint={os.path.join(workdir, 'final')} to start from its "
+            "weights), or move best/ and final/ out of the way to train again here."
+        )
+
+
 def prepare_workdir(workdir: str, config, allow_config_change: bool = False) -> None:
     """Creates `workdir`, checks it is writable, and records the config in it.
 
@@ -130,10 +164,13 @@ def prepare_workdir(workdir: str, config, allow_config_change: bool = False) -> 
         of a config that differs in a field that changes the computation (unless
         `allow_config_change`; then the new config is recorded beside the old one, as
         config.<time>.json). A workdir without checkpoints (a run that failed to start)
-        takes the new config.
+        takes the new config; one whose best/ or final/ outlived its checkpoints is refused.
+        A folder another command wrote (msjax.ownership) is refused.
     """
+    ownership.check_owner(workdir, "msjax.train", what="--workdir")
     check_not_another_folder(workdir)
     check_not_past_the_end(workdir, config)
+    check_train_states_kept(workdir)
     try:
         os.makedirs(workdir, exist_ok=True)
         probe = os.path.join(workdir, f".write_test.{jax.process_index()}")

@@ -73,6 +73,28 @@ def check_strict(
         )
 
 
+def check_finite(variables: Mapping[str, Any], source: str, doing: str) -> None:
+    """Raises WeightsError naming the arrays of `variables` that hold NaN or Inf.
+
+    Args:
+      variables: {'params': ..., 'batch_stats': ...} (nested or flat).
+      source: what holds them, for the message (a folder, a .pth file).
+      doing: what is refused ('load', 'write', 'convert').
+    """
+    bad = []
+    for collection in ("params", "batch_stats"):
+        for path, value in flatten(variables.get(collection, {})).items():
+            array = np.asarray(value)
+            if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+                bad.append(torch_key(collection, path))
+    if bad:
+        listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise WeightsError(
+            f"{source} holds NaN or Inf values in {len(bad)} array(s) ({listed}): weights of "
+            f"a diverged or damaged model; msjax does not {doing} them."
+        )
+
+
 def model_from_metadata(metadata: Mapping[str, Any], **overrides) -> DeepLabV2:
     """The DeepLabV2 the metadata describes; `overrides` set run-time fields (bn_mode, ...)."""
     for field in ARCHITECTURE_FIELDS:
@@ -137,6 +159,7 @@ def save(
 
     out_dir = os.path.abspath(out_dir)
     check_replaceable(out_dir, overwrite)
+    check_finite(variables, f"The weights for {out_dir}", "write")
     with outputs.staged_folder(out_dir, "weights folder") as tmp_dir:
         try:
             alone = ocp.options.MultiprocessingOptions(
@@ -149,10 +172,13 @@ def save(
             with open(os.path.join(tmp_dir, METADATA_FILE), "w") as f:
                 json.dump({"format": FORMAT_VERSION, **metadata}, f, indent=2, sort_keys=True)
                 f.write("\n")
-        except OSError as e:
+        except Exception as e:  # OSError, or TensorStore's error for a full disk
+            if not isinstance(e, OSError) and outputs.storage_problem(e) is None:
+                raise
+            reason = outputs.storage_problem(e) or e.strerror or e
             raise OutputError(
-                f"Could not write the weights folder {out_dir}: {e.strerror or e}. Anything "
-                f"at {out_dir} before is intact."
+                f"Could not write the weights folder {out_dir}: {reason}. Anything at "
+                f"{out_dir} before is intact."
             ) from e
 
 
@@ -188,6 +214,17 @@ def _why_not(path: str) -> str:
     return f"{METADATA_FILE} is missing. {convert}"
 
 
+def _why_unreadable(error: Exception) -> str:
+    """One line on why Orbax could not read a variables folder, and what to do."""
+    text = str(error)
+    if "NOT_FOUND" in text or isinstance(error, FileNotFoundError):
+        return (
+            "files of it are missing (an incomplete copy?). Copy the whole weights folder "
+            "again, or write it again (python -m msjax.convert, or the run's export)."
+        )
+    return f"{outputs.short_reason(error)}. The folder is damaged; write it again."
+
+
 def load(weights_dir: str, **model_overrides) -> tuple[DeepLabV2, dict[str, Any]]:
     """Loads a converted weights folder.
 
@@ -209,7 +246,9 @@ def load(weights_dir: str, **model_overrides) -> tuple[DeepLabV2, dict[str, Any]
         with ocp.StandardCheckpointer() as ckptr:
             restored = ckptr.restore(variables_dir)
     except Exception as e:  # Orbax raises many types for unreadable folders.
-        raise WeightsError(f"Cannot restore the Orbax checkpoint {variables_dir}: {e}") from None
+        reason = _why_unreadable(e)
+        raise WeightsError(f"Cannot restore the weights in {variables_dir}: {reason}") from None
     flat = {c: flatten(restored.get(c, {})) for c in ("params", "batch_stats")}
     check_strict(flat, model_shapes(model), variables_dir)
+    check_finite(restored, weights_dir, "load")
     return model, {c: jax.tree.map(jnp.asarray, restored[c]) for c in ("params", "batch_stats")}

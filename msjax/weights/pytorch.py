@@ -252,6 +252,7 @@ def convert(
     model, variables, has_heads = _model_and_variables(
         sd, detected, src, num_classes, aspp_branches, seed, log
     )
+    folder.check_finite(variables, src, "convert")
     metadata = {
         "source": os.path.abspath(src),
         "source_sha256": sha256(src),
