@@ -139,6 +139,11 @@ def main(argv=None) -> None:
                 flush=True,
             )
 
+    print_table(rows, device, h, w)
+
+
+def print_table(rows, device: str, h: int, w: int) -> None:
+    """The markdown table of every shape and dtype timed."""
     print(f"\nDilated 3x3 convolutions at feature size {h}x{w}, batch 1, on {device}")
     print(
         "| device | conv | Cin->Cout | d | dtype | native fwd ms | s2b fwd ms | "

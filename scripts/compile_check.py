@@ -668,7 +668,7 @@ def fit_pairs(compile_at, hbm: float, log) -> tuple[int, dict]:
     return 0, runs
 
 
-def main(argv=None) -> None:
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--topology", default="v5e:2x2", help="comma-separated, or 'cpu'")
     p.add_argument("--variants", default="maxsquare", help="configs/gta2city.py arguments")
@@ -682,80 +682,108 @@ def main(argv=None) -> None:
     p.add_argument("--eval", action="store_true", help="also the evaluation step")
     p.add_argument("--top", type=int, default=0, help="where the bytes come from (K rows)")
     p.add_argument("--hlo-dir", help="write each compiled program's HLO text here")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def log(text: str) -> None:
+    print(text, flush=True)
+
+
+def versions() -> str:
+    """'jax X, jaxlib Y[, libtpu Z]'."""
     import jax
     import jaxlib
 
-    log = lambda text: print(text, flush=True)  # noqa: E731
-    versions = f"jax {jax.__version__}, jaxlib {jaxlib.__version__}"
+    text = f"jax {jax.__version__}, jaxlib {jaxlib.__version__}"
     try:
         from importlib.metadata import version
 
-        versions += f", libtpu {version('libtpu')}"
+        text += f", libtpu {version('libtpu')}"
     except Exception:  # noqa: BLE001 (libtpu absent: a CPU-only check)
         pass
-    log(f"# compile_check ({versions}, {time.strftime('%Y-%m-%d')})")
-    memory_lines, roofline_lines, fit_lines, byte_sections = [], [], [], []
+    return text
+
+
+@dataclasses.dataclass
+class Tables:
+    """The rows of the printed tables, gathered over topologies and variants."""
+
+    memory: list = dataclasses.field(default_factory=list)
+    roofline: list = dataclasses.field(default_factory=list)
+    fit: list = dataclasses.field(default_factory=list)
+    bytes: list = dataclasses.field(default_factory=list)
+
+
+def check_variant(args, topology: str, mesh, hbm, variant: str, tables: Tables) -> None:
+    """Compiles one config's train step on one topology (at --pairs, or fitted) into tables."""
+    config = load_config(variant, args.dtype or None, args.set)
+    sizes = (args.source or stream_hw(config.source), args.target or stream_hw(config.target))
+    what = (
+        f"{topology} {variant} {config.model.dtype}, source {sizes[0][0]}x{sizes[0][1]}"
+        f" + target {sizes[1][0]}x{sizes[1][1]}"
+    )
+
+    def compile_at(n):
+        log(f"compiling {what}, {n} pair(s) per chip ...")
+        c = compile_train_step(config, mesh, n, *sizes)
+        if args.hlo_dir:
+            name = f"{what.split(',')[0].replace(' ', '_').replace(':', '-')}_{n}.hlo"
+            Path(args.hlo_dir).mkdir(parents=True, exist_ok=True)
+            Path(args.hlo_dir, name).write_text(c.hlo)
+        return c
+
+    if args.fit and hbm is not None:
+        best, runs = fit_pairs(compile_at, hbm, log)
+        compiled = ", ".join(f"{n}: {c.total / GIB:.2f}" for n, c in sorted(runs.items()))
+        tables.fit.append(f"| {what} | {hbm / GIB:.0f} | {best} | {compiled} |")
+    else:
+        runs = {args.pairs: compile_at(args.pairs)}
+    for n, c in sorted(runs.items()):
+        tables.memory.append(memory_row(f"train {what}, {n}/chip", c, hbm))
+        tables.roofline += roofline_rows(f"train {what}, {n}/chip", c)
+    if args.top:
+        tables.bytes.append(f"### Bytes accessed: {what}, {min(runs)}/chip\n")
+        tables.bytes.append(bytes_tables(runs[min(runs)], args.top))
+
+
+def check_eval(args, topology: str, mesh, hbm, tables: Tables) -> None:
+    """Compiles the evaluation step (the `full` protocol, flip) on one topology into tables."""
+    config = load_config(args.variants.split(",")[0], args.dtype or None, args.set)
+    log(f"compiling the evaluation step for {topology} ...")
+    c = compile_eval_step(config, mesh)
+    label = f"eval {topology} {config.model.dtype}, 512x1024 -> 1024x2048, flip, 1/chip"
+    tables.memory.append(memory_row(label, c, hbm))
+    tables.roofline += roofline_rows(label, c)
+
+
+def print_tables(tables: Tables) -> None:
+    log("\n## Per chip\n")
+    log("\n".join(MEMORY_HEADER + tables.memory))
+    log("\n## Roofline floors (XLA's flops and bytes per chip over each chip's peaks)\n")
+    log("\n".join(ROOFLINE_HEADER + tables.roofline))
+    if tables.fit:
+        log("\n## Pairs per chip that fit HBM (predicted from 1 and 2, verified by compiling)\n")
+        log("| program | HBM GiB | most pairs per chip | GiB at each compiled pairs |")
+        log("|---|---|---|---|")
+        log("\n".join(tables.fit))
+    if tables.bytes:
+        log("")
+        log("\n\n".join(tables.bytes))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    log(f"# compile_check ({versions()}, {time.strftime('%Y-%m-%d')})")
+    tables = Tables()
     for topology in args.topology.split(","):
         mesh = topology_mesh(topology)
         chip = chip_of(topology)
         hbm = CHIPS[chip]["hbm"] if chip in CHIPS else None
         for variant in args.variants.split(","):
-            config = load_config(variant, args.dtype or None, args.set)
-            sizes = (
-                args.source or stream_hw(config.source),
-                args.target or stream_hw(config.target),
-            )
-            what = (
-                f"{topology} {variant} {config.model.dtype}, source {sizes[0][0]}x{sizes[0][1]}"
-                f" + target {sizes[1][0]}x{sizes[1][1]}"
-            )
-
-            def compile_at(n, config=config, mesh=mesh, what=what, sizes=sizes):
-                log(f"compiling {what}, {n} pair(s) per chip ...")
-                c = compile_train_step(config, mesh, n, *sizes)
-                if args.hlo_dir:
-                    name = f"{what.split(',')[0].replace(' ', '_').replace(':', '-')}_{n}.hlo"
-                    Path(args.hlo_dir).mkdir(parents=True, exist_ok=True)
-                    Path(args.hlo_dir, name).write_text(c.hlo)
-                return c
-
-            if args.fit and hbm is not None:
-                best, runs = fit_pairs(compile_at, hbm, log)
-                fit_lines.append(
-                    f"| {what} | {hbm / GIB:.0f} | {best} | "
-                    + ", ".join(f"{n}: {c.total / GIB:.2f}" for n, c in sorted(runs.items()))
-                    + " |"
-                )
-            else:
-                runs = {args.pairs: compile_at(args.pairs)}
-            for n, c in sorted(runs.items()):
-                memory_lines.append(memory_row(f"train {what}, {n}/chip", c, hbm))
-                roofline_lines += roofline_rows(f"train {what}, {n}/chip", c)
-            if args.top:
-                first = runs[min(runs)]
-                byte_sections.append(f"### Bytes accessed: {what}, {min(runs)}/chip\n")
-                byte_sections.append(bytes_tables(first, args.top))
+            check_variant(args, topology, mesh, hbm, variant, tables)
         if args.eval:
-            config = load_config(args.variants.split(",")[0], args.dtype or None, args.set)
-            log(f"compiling the evaluation step for {topology} ...")
-            c = compile_eval_step(config, mesh)
-            label = f"eval {topology} {config.model.dtype}, 512x1024 -> 1024x2048, flip, 1/chip"
-            memory_lines.append(memory_row(label, c, hbm))
-            roofline_lines += roofline_rows(label, c)
-    log("\n## Per chip\n")
-    log("\n".join(MEMORY_HEADER + memory_lines))
-    log("\n## Roofline floors (XLA's flops and bytes per chip over each chip's peaks)\n")
-    log("\n".join(ROOFLINE_HEADER + roofline_lines))
-    if fit_lines:
-        log("\n## Pairs per chip that fit HBM (predicted from 1 and 2, verified by compiling)\n")
-        log("| program | HBM GiB | most pairs per chip | GiB at each compiled pairs |")
-        log("|---|---|---|---|")
-        log("\n".join(fit_lines))
-    if byte_sections:
-        log("")
-        log("\n\n".join(byte_sections))
+            check_eval(args, topology, mesh, hbm, tables)
+    print_tables(tables)
 
 
 if __name__ == "__main__":

@@ -153,7 +153,9 @@ def _split_size(builder, split: str) -> int:
     splits = builder.info.splits
     if split not in splits:
         raise DataError(
-            f"{builder.name}/{builder.builder_config.name} has no split {split!r}; "
+            # The data set's name as commands spell it (builder names use '_' for '-').
+            f"{builder.name.replace('_', '-')}/{builder.builder_config.name} has no split "
+            f"{split!r}; "
             f"prepared splits: {sorted(splits)}."
         )
     return splits[split].num_examples

@@ -85,27 +85,22 @@ def prepare_one(
     Args:
       dataset: a data set name (msjax.data.datasets: gta5, nthu-rome, synthetic-fog-2, ...).
       size: one of its sizes ('1280x720', 'full').
-      data_dir: output folder (TFDS data_dir).
-      raw_dir: the raw download folder (not used by the synthetic sets).
+      data_dir, raw_dir: output folder (TFDS data_dir); the raw download (not synthetic sets).
       split_lists: which lists define the splits: "original" (the original's lists, shipped
         with msjax: GTA5 and SYNTHIA train/val, Cityscapes train/val, NTHU train/test),
         "none" or None (the folders' own splits; every GTA5/SYNTHIA pair in train), or a
         mapping split -> list file (only those splits). Ignored by the synthetic sets.
-      overwrite: rebuild even if already prepared.
-      progress: show a progress bar.
+      overwrite, progress: rebuild even if prepared; show a progress bar.
       num_workers: decoding threads (default: CPU count, at most 16).
       max_examples: keep at most this many examples per split (quick tests and demos).
-      skip_bad: skip (and list) unreadable pairs, and listed pairs missing on disk, instead
-        of stopping.
+      skip_bad: skip (and list) unreadable pairs and listed pairs missing on disk.
       refuse_if_busy: when another process prepares this size, raise WorkdirError at once
         (the prepare command) instead of waiting for it (up to WAIT_S) and reusing its result.
 
     Returns:
-      A summary dict: dataset, size, path, splits (name -> count), split_lists (what
-      defined the splits: builders.split_lists_metadata), skipped ((path, reason) list),
-      resized_labels (labels of another size than their image), histogram (256 pixel
-      counts of train ids), outside_pixels, outside_files, raw_sizes (Counter of (w, h)),
-      already (True if nothing was built).
+      A summary dict: dataset, size, path, splits (name -> count), split_lists, skipped
+      ((path, reason) list), resized_labels, histogram (256 pixel counts of train ids),
+      outside_pixels, outside_files, raw_sizes, already (True if nothing was built).
     """
     from msjax.data import builders
 
@@ -113,35 +108,34 @@ def prepare_one(
     datasets.check_size(entry, size)
     layout = _raw_layout(entry, raw_dir, split_lists, skip_bad)
 
+    options = dict(config=size, layout=layout, progress=_progress(f"{dataset}/{size}", progress),
+                   num_workers=num_workers, skip_bad=skip_bad)  # fmt: skip
+
     def make_builder(root):
-        return builders.builder_class(dataset)(
-            data_dir=os.fspath(root),
-            config=size,
-            layout=layout,
-            progress=_progress(f"{dataset}/{size}", progress),
-            num_workers=num_workers,
-            skip_bad=skip_bad,
-        )
+        return builders.builder_class(dataset)(data_dir=os.fspath(root), **options)
 
     builder = make_builder(Path(data_dir).expanduser().absolute())
     summary = dict(dataset=dataset, size=size, path=builder.data_dir, already=False)
-    # One preparation at a time per data set size (msjax.locks, on DATA/<builder>/<size>):
-    # the prepare command refuses a size another process prepares; a trainer generating
-    # its synthetic data waits for it, then finds the size prepared.
+    # One preparation at a time per data set size (msjax.locks): the prepare command refuses
+    # a size another process prepares; a trainer generating synthetic data waits for it.
     folder = Path(builder.data_dir).parent
     with locks.hold(folder, "data set folder", wait_s=0 if refuse_if_busy else WAIT_S):
         if (Path(builder.data_dir) / "dataset_info.json").is_file() and not overwrite:
             builder = make_builder(Path(data_dir).expanduser().absolute())  # as now on disk
-            summary.update(
-                already=True,
-                splits={k: v.num_examples for k, v in builder.info.splits.items()},
-                split_lists=(builder.info.metadata or {}).get("split_lists"),
-            )
-            return summary
+            return {**summary, **_prepared_facts(builder)}
         download_config = _download_config(raw_dir, max_examples)
         builder = build_and_swap(make_builder, Path(builder.data_dir), download_config)
     summary.update(_build_facts(builder, layout))
     return summary
+
+
+def _prepared_facts(builder) -> dict:
+    """The summary of a size prepared before: its splits and what defined them."""
+    return dict(
+        already=True,
+        splits={k: v.num_examples for k, v in builder.info.splits.items()},
+        split_lists=(builder.info.metadata or {}).get("split_lists"),
+    )
 
 
 def _download_config(raw_dir, max_examples: int | None):

@@ -27,6 +27,7 @@ functions with the model and every size bound statically.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -232,6 +233,20 @@ def make_predict_fn(
 BAND_BYTES = 64 * 2**20
 
 
+def _band_labels(logits, row_weights, col_weights, *, flip: bool):
+    """Labels of one band of output rows: each view's logits upsampled by the band's rows of
+    the interpolation matrices, soft-maxed and summed (flipped copies flipped back)."""
+    hp = jax.lax.Precision.HIGHEST
+    total = None
+    for x, mh, mw in zip(logits, row_weights, col_weights, strict=True):
+        x = jnp.einsum("oh,nhwc->nowc", mh, x, precision=hp)
+        probs = jax.nn.softmax(jnp.einsum("pw,nowc->nopc", mw, x, precision=hp), axis=-1)
+        if flip:
+            probs = probs[:1] + probs[1:, :, ::-1]
+        total = probs if total is None else total + probs
+    return jnp.argmax(total[0], axis=-1).astype(jnp.uint8)
+
+
 def make_banded_predict_fn(
     model: DeepLabV2,
     target_hw: tuple[int, int],
@@ -268,19 +283,8 @@ def make_banded_predict_fn(
                 ))  # fmt: skip
             return out
 
-    def band(logits, row_weights, col_weights):
-        hp = jax.lax.Precision.HIGHEST
-        total = None
-        for x, mh, mw in zip(logits, row_weights, col_weights, strict=True):
-            x = jnp.einsum("oh,nhwc->nowc", mh, x, precision=hp)
-            probs = jax.nn.softmax(jnp.einsum("pw,nowc->nopc", mw, x, precision=hp), axis=-1)
-            if views.flip:
-                probs = probs[:1] + probs[1:, :, ::-1]
-            total = probs if total is None else total + probs
-        return jnp.argmax(total[0], axis=-1).astype(jnp.uint8)
-
     features_fn = jax.jit(features, compiler_options=options)
-    band_fn = jax.jit(band, compiler_options=options)
+    band_fn = jax.jit(functools.partial(_band_labels, flip=views.flip), compiler_options=options)
 
     def fn(variables, images):
         logits = features_fn(variables, images)

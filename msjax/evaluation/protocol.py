@@ -202,21 +202,17 @@ def evaluate(
       checkpoint: a weights folder (`msjax.weights` format: metadata.json + variables/).
       dataset: a data set name, e.g. 'cityscapes' or 'nthu-rome'.
       data_dir: the `--data-dir` the data set was prepared into.
-      protocol: 'original' or 'full'.
-      views: flip and scales averaged at test time.
-      split: split name (default: the data set's evaluation split).
-      input_size: 'WxH' the network sees (default: `default_input_size`).
-      batch_size: images per step.
+      protocol: a name of PROTOCOLS; views: flip and scales averaged at test time.
+      split, input_size: default the data set's evaluation split, `default_input_size`.
+      batch_size: images per step; progress: show a progress bar.
       predictions_dir: if given, write Cityscapes label-id PNGs of the predictions there.
       precision: 'highest' (true float32) or 'default' (TF32 convolutions on recent GPUs).
-      progress: show a progress bar.
-      max_images: score only the first batches holding this many images (a preflight's
-        timing); None: the whole split.
+      max_images: score only the first batches holding this many images (None: all).
 
     Returns:
-      A JSON-ready dict: the setting, the protocol, the views, the confusion matrix and
-      `metrics.summarize` of it under 'scores' (fractions), timing ('seconds', and
-      'first_batch_seconds': compilation, the pipeline's start and the first batch).
+      A JSON-ready dict: the setting, protocol, views, the confusion matrix and
+      `metrics.summarize` of it under 'scores' (fractions), 'seconds' and
+      'first_batch_seconds' (compilation, the pipeline's start and the first batch).
     """
     from msjax import weights
 
@@ -226,21 +222,12 @@ def evaluate(
     metadata = weights.read_metadata(os.fspath(checkpoint))
     num_classes = check_classes(metadata, setting, os.fspath(checkpoint))
     normalization = metadata.get("input_normalization", "caffe_bgr")
-    num_batches, stream, num_images = batches(
-        setting, data_dir, batch_size, num_classes, normalization
+    stream, num_images = _split_stream(
+        setting, data_dir, batch_size, num_classes, normalization, max_images, progress
     )
-    if max_images is not None:
-        num_batches, stream, num_images = _first_images(
-            max_images, batch_size, num_batches, stream, num_images
-        )
     model, variables = weights.load(os.fspath(checkpoint))
     step = inference.make_eval_step(model, num_classes, views, precision)
     start = time.perf_counter()
-    if progress:
-        from tqdm import tqdm
-
-        desc = f"{dataset} {setting.split}"
-        stream = tqdm(stream, total=num_batches, desc=desc, unit="batch", file=sys.stderr)
     seen = _Shapes(num_classes, predictions_dir, start)
     matrix, _ = evaluate_split(step, variables, stream, num_classes, on_batch=seen)
     seconds = time.perf_counter() - start
@@ -284,14 +271,23 @@ class _Shapes:
                 Image.fromarray(img).save(Path(self.predictions_dir) / _prediction_name(key))
 
 
-def _first_images(max_images: int, batch_size: int, num_batches: int, stream, num_images: int):
-    """(num_batches, stream, num_images) cut to the first batches holding `max_images`."""
-    num_batches = min(num_batches, math.ceil(max_images / batch_size))
-    return (
-        num_batches,
-        itertools.islice(stream, num_batches),
-        min(num_images, num_batches * batch_size),
+def _split_stream(setting, data_dir, batch_size, num_classes, normalization, max_images,
+                  progress):  # fmt: skip
+    """(batches, number of images) of the split; only the first batches holding
+    `max_images` if given; behind a progress bar if `progress`."""
+    num_batches, stream, num_images = batches(
+        setting, data_dir, batch_size, num_classes, normalization
     )
+    if max_images is not None:
+        num_batches = min(num_batches, math.ceil(max_images / batch_size))
+        num_images = min(num_images, num_batches * batch_size)
+        stream = itertools.islice(stream, num_batches)
+    if progress:
+        from tqdm import tqdm
+
+        desc = f"{setting.dataset.name} {setting.split}"
+        stream = tqdm(stream, total=num_batches, desc=desc, unit="batch", file=sys.stderr)
+    return stream, num_images
 
 
 def _record(
