@@ -113,8 +113,9 @@ def test_gta2city_iw_multi_preflight_at_real_sizes(tmp_path, capsys, full_size_r
     assert "| source_multi | 1x720x1280x3 | - |" in out
     assert "| full | yes | 1024x512 | 2048x1024 |" in out
 
-    # Nothing a real run reads: no chain folder, no report, the data folder untouched.
-    assert sorted(os.listdir(workdir)) == ["preflight"]
+    # Nothing a real run reads: no chain folder, no report, the data folder untouched
+    # (beside preflight/, only the mark that the folder is msjax.reproduce's).
+    assert sorted(os.listdir(workdir)) == [".msjax-owner.json", "preflight"]
     assert tree(data_dir) == before
 
 
@@ -140,7 +141,7 @@ def test_city2nthu_rome_iw_preflight_prepares_subsets_outside_the_data_folder(
     assert evals[("full", True)]["label_hw"] == [1024, 2048]
     assert record["model"]["blocks"] == list(configlib.TINY_MODEL["blocks"])
     # The default data folder (WORKDIR/data) was neither created nor written.
-    assert sorted(os.listdir(workdir)) == ["preflight"]
+    assert sorted(os.listdir(workdir)) == [".msjax-owner.json", "preflight"]
     subset = workdir / "preflight" / "city2nthu_rome_iw" / "data" / "nthu_rome"
     assert sorted(os.listdir(subset)) == ["1024x512", "full"]
 
