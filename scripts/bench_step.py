@@ -138,29 +138,31 @@ def model_flop_count(lowered, fn, fn_args) -> float | None:
     return flops or count_flops(jax.make_jaxpr(fn)(*fn_args).jaxpr)
 
 
-def jax_setup(args) -> dict:
-    """Builds the msjax step for one configuration; returns its runner and static figures."""
-    import jax
+def jax_model(args):
+    """The DeepLabV2 of one msjax row's configuration."""
     import jax.numpy as jnp
-    import numpy as np
 
-    from msjax import optim, xla
-    from msjax.configlib import ORIGINAL_LOSS
-    from msjax.methods import METHODS
     from msjax.models import DeepLabV2
-    from msjax.training import step as ts
 
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
-    model = DeepLabV2(
+    return DeepLabV2(
         num_classes=args.classes,
         blocks=tuple(args.blocks),
         width=args.base_width,
         bn_mode=args.bn_mode,
         atrous=args.atrous,
-        dtype=dtype,
+        dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype],
         remat=args.remat,
     )
-    t0 = time.perf_counter()
+
+
+def jax_initial_state(model):
+    """Initialised variables and the faithful SGD groups; returns (optimizer, train state)."""
+    import jax
+    import jax.numpy as jnp
+
+    from msjax import optim
+    from msjax.training import step as ts
+
     # One jitted init: a single compile instead of one RNG kernel per parameter shape.
     variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 65, 65, 3)), train=False))(
         jax.random.key(0)
@@ -172,8 +174,61 @@ def jax_setup(args) -> dict:
     )
     tx, _ = optim.make_optimizer(optim_cfg, variables["params"])
     # Jitted too: eager tx.init compiles one tiny kernel per parameter shape (slow on GPU).
-    state = jax.jit(lambda v: ts.create_train_state(v, tx))(variables)
-    init_s = time.perf_counter() - t0
+    return tx, jax.jit(lambda v: ts.create_train_state(v, tx))(variables)
+
+
+def plan_bytes(compiled) -> int | None:
+    """XLA's buffer plan of a compiled program: arguments, outputs and temporaries, less
+    what donation aliases; None where the backend gives no memory analysis."""
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return None
+    return (
+        mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        + mem.temp_size_in_bytes
+        - mem.alias_size_in_bytes
+    )
+
+
+def jax_figures(step, compiled, metrics, setup: dict) -> dict:
+    """An msjax row's figures after its timed steps; `setup` holds those of `jax_setup`."""
+    import jax
+
+    device = jax.devices()[0]
+    stats = device.memory_stats() or {}
+    return dict(
+        impl="msjax",
+        device=f"{device.platform}:{getattr(device, 'device_kind', '')}",
+        jax=jax.__version__,
+        init_s=setup["init_s"],
+        compile_s=setup["compile_s"],
+        model_flops=setup["model_flops"],
+        xla_flops=_cost(compiled.cost_analysis()),
+        plan_bytes=setup["plan_bytes"],
+        device_peak_bytes=stats.get("peak_bytes_in_use"),
+        rss_mb=peak_rss_mb(),
+        loss=float(metrics["loss"]),
+        # Entries in the jit cache after all steps: 1 means no recompilation.
+        compiles=step._cache_size() if hasattr(step, "_cache_size") else None,
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
+    )
+
+
+def jax_setup(args) -> dict:
+    """Builds the msjax step for one configuration; returns its runner and static figures."""
+    import jax
+    import numpy as np
+
+    from msjax import xla
+    from msjax.configlib import ORIGINAL_LOSS
+    from msjax.methods import METHODS
+    from msjax.training import step as ts
+
+    model = jax_model(args)
+    t0 = time.perf_counter()
+    tx, state = jax_initial_state(model)
+    setup = dict(init_s=time.perf_counter() - t0)
 
     rng = np.random.default_rng(0)
     source, target = synthetic_batch(rng, args.pairs, args.source, args.target, args.classes)
@@ -185,17 +240,9 @@ def jax_setup(args) -> dict:
     t0 = time.perf_counter()
     lowered = step.lower(state, source, target)
     compiled = lowered.compile()
-    compile_s = time.perf_counter() - t0
-    model_flops = model_flop_count(lowered, train_step, (state, source, target))
-    mem = compiled.memory_analysis()
-    plan_bytes = None
-    if mem is not None:
-        plan_bytes = (
-            mem.argument_size_in_bytes
-            + mem.output_size_in_bytes
-            + mem.temp_size_in_bytes
-            - mem.alias_size_in_bytes
-        )
+    setup["compile_s"] = time.perf_counter() - t0
+    setup["model_flops"] = model_flop_count(lowered, train_step, (state, source, target))
+    setup["plan_bytes"] = plan_bytes(compiled)
     holder = {"state": state}
 
     def run_once():
@@ -205,24 +252,7 @@ def jax_setup(args) -> dict:
         jax.block_until_ready((holder["state"], holder.get("metrics")))
 
     def finish() -> dict:
-        device = jax.devices()[0]
-        stats = device.memory_stats() or {}
-        return dict(
-            impl="msjax",
-            device=f"{device.platform}:{getattr(device, 'device_kind', '')}",
-            jax=jax.__version__,
-            init_s=init_s,
-            compile_s=compile_s,
-            model_flops=model_flops,
-            xla_flops=_cost(compiled.cost_analysis()),
-            plan_bytes=plan_bytes,
-            device_peak_bytes=stats.get("peak_bytes_in_use"),
-            rss_mb=peak_rss_mb(),
-            loss=float(holder["metrics"]["loss"]),
-            # Entries in the jit cache after all steps: 1 means no recompilation.
-            compiles=step._cache_size() if hasattr(step, "_cache_size") else None,
-            xla_flags=os.environ.get("XLA_FLAGS", ""),
-        )
+        return jax_figures(step, compiled, holder["metrics"], setup)
 
     return dict(run_once=run_once, sync=sync, finish=finish, warmup=args.warmup, compiled=compiled)
 
@@ -262,23 +292,26 @@ def profile_steps(runner, out: Path, wall_ms: float, steps: int = 3) -> str:
     return summary
 
 
-def torch_setup(args) -> dict:
-    """Builds the PyTorch reference step (fp32, or autocast bf16); returns its runner."""
-    import numpy as np
+def torch_device():
+    """(cuda?, device) for the PyTorch rows, with the settings a user would run them under."""
     import torch
-    import torch.nn.functional as F
-
-    from msjax.configlib import ORIGINAL_LOSS
-    from tests.reference.deeplabv2_torch import DeepLabV2Torch
 
     cuda = torch.cuda.is_available()
-    dev = torch.device("cuda" if cuda else "cpu")
     if cuda:
-        # The configuration a user would run: cuDNN autotuning on (TF32 convolutions are
-        # PyTorch's default for cuDNN, as XLA's default precision is TF32 on this GPU).
+        # cuDNN autotuning on (TF32 convolutions are PyTorch's default for cuDNN, as XLA's
+        # default precision is TF32 on this GPU).
         torch.backends.cudnn.benchmark = True
     else:
         torch.set_num_threads(os.cpu_count() or 1)
+    return cuda, torch.device("cuda" if cuda else "cpu")
+
+
+def torch_model_and_optimizer(args, dev):
+    """The PyTorch reference model in training mode and its faithful SGD groups."""
+    import torch
+
+    from tests.reference.deeplabv2_torch import DeepLabV2Torch
+
     model = DeepLabV2Torch(
         num_classes=args.classes, blocks=tuple(args.blocks), width=args.base_width
     ).to(dev)
@@ -296,11 +329,33 @@ def torch_setup(args) -> dict:
         momentum=0.9,
         weight_decay=5e-4,
     )
+    return model, opt
+
+
+def torch_batch(args, dev):
+    """The synthetic batch of `synthetic_batch` as NCHW tensors: source images and labels,
+    target images."""
+    import numpy as np
+    import torch
+
     rng = np.random.default_rng(0)
     source, target = synthetic_batch(rng, args.pairs, args.source, args.target, args.classes)
     xs = torch.from_numpy(source["image"].transpose(0, 3, 1, 2).copy()).to(dev)
     ys = torch.from_numpy(source["label"]).long().to(dev)
     xt = torch.from_numpy(target["image"].transpose(0, 3, 1, 2).copy()).to(dev)
+    return xs, ys, xt
+
+
+def torch_setup(args) -> dict:
+    """Builds the PyTorch reference step (fp32, or autocast bf16); returns its runner."""
+    import torch
+    import torch.nn.functional as F
+
+    from msjax.configlib import ORIGINAL_LOSS
+
+    cuda, dev = torch_device()
+    model, opt = torch_model_and_optimizer(args, dev)
+    xs, ys, xt = torch_batch(args, dev)
     bf16 = args.dtype == "bfloat16"
     holder = {}
 
@@ -331,19 +386,27 @@ def torch_setup(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
 
     def finish() -> dict:
-        name = torch.cuda.get_device_name() if cuda else "cpu"
-        return dict(
-            impl="torch",
-            device=f"{dev.type}:{name}",
-            torch=torch.__version__,
-            threads=torch.get_num_threads(),
-            compile_s=compile_s,
-            device_peak_bytes=torch.cuda.max_memory_allocated() if cuda else None,
-            rss_mb=peak_rss_mb(),
-            loss=float(holder["loss"]) * args.pairs,
-        )
+        return torch_figures(dev, compile_s, float(holder["loss"]) * args.pairs)
 
     return dict(run_once=run_once, sync=sync, finish=finish, warmup=max(args.warmup - 1, 0))
+
+
+def torch_figures(dev, compile_s: float, loss: float) -> dict:
+    """A PyTorch row's figures after its timed steps."""
+    import torch
+
+    cuda = dev.type == "cuda"
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    return dict(
+        impl="torch",
+        device=f"{dev.type}:{name}",
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        compile_s=compile_s,
+        device_peak_bytes=torch.cuda.max_memory_allocated() if cuda else None,
+        rss_mb=peak_rss_mb(),
+        loss=loss,
+    )
 
 
 def torch_row(args) -> dict:
@@ -473,7 +536,8 @@ def table(rows: list[dict], args) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line; --height and --width override the sizes' heights and widths."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--source", type=parse_size, default=(720, 1280), help="HxW (GTA5 720x1280)")
     p.add_argument("--target", type=parse_size, default=(512, 1024), help="HxW (Cityscapes)")
@@ -516,15 +580,12 @@ def main(argv=None) -> None:
         args.source, args.target = (args.height, args.source[1]), (args.height, args.target[1])
     if args.width:
         args.source, args.target = (args.source[0], args.width), (args.target[0], args.width)
+    return args
 
-    if args.row:  # inside a row's subprocess
-        if args.row == "paired":
-            results = paired_rows(args)
-        else:
-            results = [jax_row(args) if args.row == "jax" else torch_row(args)]
-        print("ROWS " + json.dumps(results), flush=True)
-        return
 
+def row_specs(args) -> list[dict]:
+    """One spec per row subprocess, in the order they run. `--paired` replaces the other
+    rows: it sets `args.torch` to 'none' and `args.no_jax`."""
     specs = []
     if args.paired:
         args.torch, args.no_jax = "none", True
@@ -547,7 +608,11 @@ def main(argv=None) -> None:
     for kind in [t for t in args.torch.split(",") if t and t != "none"]:
         dtype = {"fp32": "float32", "bf16": "bfloat16"}[kind]
         specs.append(dict(row="torch", dtype=dtype, atrous="native", keep_barriers="-"))
+    return specs
 
+
+def run_rows(specs: list[dict], args) -> list[dict]:
+    """Runs each spec's subprocess; prints each row as it comes and returns them all."""
     rows = []
     for spec in specs:
         if spec["row"] == "torch" and spec["dtype"] == "bfloat16" and not _torch_has_cuda():
@@ -572,6 +637,11 @@ def main(argv=None) -> None:
                 f"({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
+    return rows
+
+
+def report(rows: list[dict], args) -> None:
+    """Prints the table and any profile; writes the rows to `--json` when given."""
     print(table(rows, args))
     for row in rows:
         if row.get("profile"):
@@ -579,6 +649,18 @@ def main(argv=None) -> None:
             print(row["profile"])
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.row:  # inside a row's subprocess
+        if args.row == "paired":
+            results = paired_rows(args)
+        else:
+            results = [jax_row(args) if args.row == "jax" else torch_row(args)]
+        print("ROWS " + json.dumps(results), flush=True)
+        return
+    report(run_rows(row_specs(args), args), args)
 
 
 def _torch_has_cuda() -> bool:

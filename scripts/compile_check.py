@@ -457,6 +457,47 @@ def _arrays(shape: str, scale: float = 1.0):
         yield dt, size, memory_space(layout)
 
 
+def _slice_start_bytes(ins: dict, operands: list[str]) -> tuple[list, float]:
+    """(bytes XLA counts, HBM traffic) of a slice-start ((operand), slice, sync), which
+    reads and writes the slice once."""
+    piece = tuple_elements(ins["shape"])[1]
+    read = next(_arrays(piece), ("", 0.0, "HBM"))[1]
+    hbm = read * (memory_space(operands[0]) == "HBM")
+    hbm += sum(b for _, b, sp in _arrays(piece) if sp == "HBM")
+    return list(_arrays(piece, 2.0)), hbm
+
+
+def _computed_bytes(computations: dict, ins: dict, operands: list[str]) -> tuple:
+    """(bytes XLA counts, HBM traffic or None, kind) of an instruction other than a slice
+    or slice-start: its output and operands, a fusion's at what its fused computation
+    writes and reads. Bytes are (dtype, bytes, memory space) triples."""
+    op, attrs = ins["op"], ins["attrs"]
+    called = re.search(r"calls=%?([\w.\-]+)", attrs)
+    fused = computations.get(called[1], {}) if called and op == "fusion" else {}
+    full = shape_bytes(ins["shape"])
+    moved = list(
+        _arrays(ins["shape"], _fused_output_bytes(fused, full) / full if fused and full else 1.0)
+    )
+    for i, shape in enumerate(operands):
+        if shape.startswith("("):  # a tuple operand is a table of pointers
+            continue
+        full = shape_bytes(shape)
+        part = _fused_operand_bytes(computations, fused, i, full) if fused else full
+        moved += _arrays(shape, part / full if full else 0.0)
+    hbm = None  # the HBM part of `moved`, unless the instruction moves data between memories
+    if op == "copy-start":  # (destination, source, sync): read the source once
+        dest = tuple_elements(ins["shape"])[0]
+        hbm = sum(b for _, b, sp in [*_arrays(operands[0]), *_arrays(dest)] if sp == "HBM")
+    elif op.endswith("-done"):
+        hbm = 0.0  # the move was counted at its start
+    kind = op
+    if op == "fusion":
+        fusion_kind = re.search(r"kind=(k\w+)", attrs)
+        kind = f"fusion {fusion_kind[1] if fusion_kind else ''} ({_core_op(fused)})"
+    target = re.search(r'custom_call_target="([^"]+)"', attrs)
+    return moved, hbm, target[1] if target else kind
+
+
 def instruction_bytes(text: str) -> list[dict]:
     """Per instruction of the entry computation: the bytes XLA's cost model counts for it
     (operands plus outputs at their stored, tile-padded sizes; a slice reads only what it
@@ -479,44 +520,16 @@ def instruction_bytes(text: str) -> list[dict]:
             users[operand].append(name)
     rows = []
     for name, ins in entry.items():
-        op, attrs = ins["op"], ins["attrs"]
-        if op in _FREE or 'custom_call_target="ConcatBitcast"' in attrs:
+        op = ins["op"]
+        if op in _FREE or 'custom_call_target="ConcatBitcast"' in ins["attrs"]:
             continue  # ConcatBitcast reinterprets the slices it joins: no bytes
         operands = [entry[o]["shape"] if o in entry else "()" for o in ins["operands"]]
-        moved = []  # (dtype, bytes, space) as XLA counts them
-        hbm = None  # when the HBM traffic is not the HBM part of `moved`
-        kind = op
         if op == "slice":
-            moved = list(_arrays(ins["shape"], 2.0))
-        elif op == "slice-start":  # ((operand), slice, sync): read and write the slice once
-            piece = tuple_elements(ins["shape"])[1]
-            moved = list(_arrays(piece, 2.0))
-            read = next(_arrays(piece), ("", 0.0, "HBM"))[1]
-            hbm = read * (memory_space(operands[0]) == "HBM")
-            hbm += sum(b for _, b, sp in _arrays(piece) if sp == "HBM")
+            moved, hbm, kind = list(_arrays(ins["shape"], 2.0)), None, op
+        elif op == "slice-start":
+            (moved, hbm), kind = _slice_start_bytes(ins, operands), op
         else:
-            called = re.search(r"calls=%?([\w.\-]+)", attrs)
-            fused = computations.get(called[1], {}) if called and op == "fusion" else {}
-            full = shape_bytes(ins["shape"])
-            moved += _arrays(
-                ins["shape"], _fused_output_bytes(fused, full) / full if fused and full else 1.0
-            )
-            for i, shape in enumerate(operands):
-                if shape.startswith("("):  # a tuple operand is a table of pointers
-                    continue
-                full = shape_bytes(shape)
-                part = _fused_operand_bytes(computations, fused, i, full) if fused else full
-                moved += _arrays(shape, part / full if full else 0.0)
-            if op == "copy-start":  # (destination, source, sync): read the source once
-                dest = tuple_elements(ins["shape"])[0]
-                hbm = sum(b for _, b, sp in [*_arrays(operands[0]), *_arrays(dest)] if sp == "HBM")
-            elif op.endswith("-done"):
-                hbm = 0.0  # the move was counted at its start
-            if op == "fusion":
-                fusion_kind = re.search(r"kind=(k\w+)", attrs)
-                kind = f"fusion {fusion_kind[1] if fusion_kind else ''} ({_core_op(fused)})"
-            target = re.search(r'custom_call_target="([^"]+)"', attrs)
-            kind = target[1] if target else kind
+            moved, hbm, kind = _computed_bytes(computations, ins, operands)
         dtypes, spaces = collections.Counter(), collections.Counter()
         for dt, size, space in moved:
             dtypes[dt] += size

@@ -91,7 +91,7 @@ def parity(size=(512, 1024)) -> None:
         )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu_check"))
     p.add_argument("--budget", type=float, default=420.0, help="seconds for all stages")
@@ -105,35 +105,28 @@ def main() -> None:
         "already in docs/performance.md)",
     )
     p.add_argument("--stage", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.stage == "parity":
-        parity((65, 97) if args.smoke else (512, 1024))
-        return
+    return p.parse_args()
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "gpu_check.log", "a")
-    start = time.time()
 
-    def say(text: str) -> None:
-        print(text, flush=True)
-        log.write(text + "\n")
-        log.flush()
-
+def bench_command(args) -> list[str]:
+    """The `scripts/bench_step.py` command every step stage extends (tiny with --smoke)."""
     bench = [PY, "scripts/bench_step.py", "--peak-tflops", args.peak_tflops, "--timeout", "170"]
-    feature, parity_args = "91x161", []
     if args.smoke:
         bench += ["--height", "64", "--width", "128", "--blocks", "1", "1", "1", "1"]
         bench += ["--base-width", "8", "--steps", "2", "--warmup", "1"]
-        feature, parity_args = "9x17", ["--smoke"]
-    step_a = [*bench, "--dtype", "bfloat16", "--torch", "fp32", "--json", str(out / "step_a.json")]
-    step_b = [*bench, "--dtype", "float32", "--torch", "bf16", "--json", str(out / "step_b.json")]
+    return bench
+
+
+def stages(args, out: Path) -> list[tuple[str, float, list[str]]]:
+    """(name, timeout cap in seconds, command) of each stage, in the order they run."""
+    bench = bench_command(args)
+    parity_args = ["--smoke"] if args.smoke else []
 
     def step(name, cap, *flags, json_name, torch="none"):
         return (name, cap, [*bench, *flags, "--torch", torch, "--json", str(out / json_name)])
 
     # In order of what docs/performance.md's targets need most; `--budget` cuts from the end.
-    stages = [
+    planned = [
         # The current defaults (atrous='auto' = space-to-batch on GPU, closed-form BN
         # backward, 1x1 convs as matmuls) against PyTorch fp32 and autocast bf16: the
         # headline rows, and a profile of the bf16 step (top ops, time per part).
@@ -156,23 +149,71 @@ def main() -> None:
              "--pairs", "8", "--remat", "--steps", "6", "--timeout", "190",
              json_name="step_8pairs_remat.json"),
     ]  # fmt: skip
-    if not args.skip_measured:
-        # The native dilated convolutions' stages: the rows and the dilated-convolution
-        # windows in docs/performance.md, run first.
-        stages[:0] = [
-            ("step_bf16_vs_torch_fp32", 200, step_a),
-            ("step_fp32_and_torch_bf16", 200, step_b),
-            ("atrous", 100, [PY, "scripts/bench_atrous.py", "--feature", feature, "--iters", "20",
-                             "--hlo", "--only", "layer3,layer4,d6,d12", "--dtypes", "bfloat16"]),
-        ]  # fmt: skip
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.skip_measured:
+        return planned
+    return measured_stages(args, bench, out) + planned
+
+
+def measured_stages(args, bench: list[str], out: Path) -> list[tuple[str, float, list[str]]]:
+    """The native dilated convolutions' stages: the rows and the dilated-convolution
+    windows in docs/performance.md, run first."""
+    feature = "9x17" if args.smoke else "91x161"
+    step_a = [*bench, "--dtype", "bfloat16", "--torch", "fp32", "--json", str(out / "step_a.json")]
+    step_b = [*bench, "--dtype", "float32", "--torch", "bf16", "--json", str(out / "step_b.json")]
+    return [
+        ("step_bf16_vs_torch_fp32", 200, step_a),
+        ("step_fp32_and_torch_bf16", 200, step_b),
+        ("atrous", 100, [PY, "scripts/bench_atrous.py", "--feature", feature, "--iters", "20",
+                         "--hlo", "--only", "layer3,layer4,d6,d12", "--dtypes", "bfloat16"]),
+    ]  # fmt: skip
+
+
+def open_log(out: Path):
+    """A `say(text)` that prints and appends to OUT/gpu_check.log."""
+    log = open(out / "gpu_check.log", "a")
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+        log.write(text + "\n")
+        log.flush()
+
+    return say
+
+
+def say_machine(say) -> None:
+    """Logs the date, Python, and the GPU with its driver and memory, for the rows' record."""
     say(f"=== {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, python {sys.version.split()[0]}")
-    try:  # the GPU, its driver and memory, for the rows' record
+    try:
         query = "--query-gpu=name,driver_version,memory.total"
         smi = subprocess.run(["nvidia-smi", query, "--format=csv,noheader"], capture_output=True)
         say("=== " + smi.stdout.decode().strip())
     except OSError:
         say("=== no nvidia-smi")
+
+
+def run_stage(cmd: list[str], timeout: float) -> tuple[str, str]:
+    """Runs one stage; returns its output (the tail when it failed) and its status."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # A new session per stage, so a timeout kills the bench's row subprocesses too
+    # (an orphaned row would keep the GPU busy for the next stage).
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        text, _ = proc.communicate(timeout=timeout)
+        status = f"exit {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        text, _ = proc.communicate()
+        status = "TIMEOUT"
+    if proc.returncode and status != "TIMEOUT":
+        text = text[-6000:]
+    return text, status
+
+
+def run_stages(stages: list, args, out: Path, say, start: float) -> None:
+    """Runs the stages in order within `--budget` seconds from `start`, logging each."""
     for name, cap, cmd in stages:
         left = args.budget - (time.time() - start)
         if left < args.min_stage:
@@ -181,26 +222,25 @@ def main() -> None:
         timeout = min(cap, left)
         say(f"=== {name} (timeout {timeout:.0f} s, {time.time() - start:.0f} s elapsed)")
         t0 = time.time()
-        # A new session per stage, so a timeout kills the bench's row subprocesses too
-        # (an orphaned row would keep the GPU busy for the next stage).
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True,
-        )  # fmt: skip
-        try:
-            text, _ = proc.communicate(timeout=timeout)
-            status = f"exit {proc.returncode}"
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            text, _ = proc.communicate()
-            status = "TIMEOUT"
-        if proc.returncode and status != "TIMEOUT":
-            text = text[-6000:]
+        text, status = run_stage(cmd, timeout)
         if name == "atrous":
             (out / "atrous_hlo.txt").write_text(text)
             text = "\n".join(line for line in text.splitlines() if not line.startswith("##"))
         say(text.rstrip())
         say(f"=== {name}: {status} in {time.time() - t0:.0f} s")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.stage == "parity":
+        parity((65, 97) if args.smoke else (512, 1024))
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    say = open_log(out)
+    start = time.time()
+    say_machine(say)
+    run_stages(stages(args, out), args, out, say, start)
     say(f"=== total {time.time() - start:.0f} s")
 
 

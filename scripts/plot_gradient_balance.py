@@ -65,43 +65,41 @@ def confidence_mixture(num_pixels, easy_fraction, seed):
     return np.where(easy, sure, unsure)
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="docs/gradient_balance.png", help="PNG to write")
     parser.add_argument("--pixels", type=int, default=200_000, help="pixels in the mixture")
     parser.add_argument("--easy-fraction", type=float, default=0.7, help="confident share")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    # Curves: gradient magnitude as a function of the predicted probability.
-    p_curve = np.linspace(0.5, 0.9999, 2000)
-    curves = {name: per_pixel_grad_wrt_p(fn, p_curve) for name, fn in LOSSES.items()}
 
-    # Mixture: how the total gradient splits between easy and hard pixels.
-    p_mix = confidence_mixture(args.pixels, args.easy_fraction, args.seed)
-    easy = p_mix > EASY
+def gradient_split(p_mix, easy):
+    """Per loss: the easy pixels' share of the total gradient, and their mean gradient over
+    the hard pixels' mean; returns (shares, ratios), dicts keyed by loss name."""
     shares, ratios = {}, {}
     for name, fn in LOSSES.items():
         g = per_pixel_grad_wrt_p(fn, p_mix)
         shares[name] = g[easy].sum() / g.sum()
         ratios[name] = g[easy].mean() / g[~easy].mean()
-    pixel_share = easy.mean()
+    return shares, ratios
 
-    print(f"Mixture of {args.pixels} pixels, {pixel_share:.1%} easy (p > {EASY}).")
+
+def print_table(pixels, pixel_share, shares, ratios):
+    print(f"Mixture of {pixels} pixels, {pixel_share:.1%} easy (p > {EASY}).")
     print(f"| {'loss':<17} | easy-pixel share of gradient | mean grad easy / hard |")
     print(f"|{'-' * 19}|{'-' * 30}|{'-' * 23}|")
     print(f"| {'(share of pixels)':<17} | {pixel_share:>28.1%} | {1.0:>21.2f} |")
     for name in LOSSES:
         print(f"| {name:<17} | {shares[name]:>28.1%} | {ratios[name]:>21.2f} |")
 
-    fig, (ax_curve, ax_hist, ax_bar) = plt.subplots(
-        1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1.3, 1, 0.9]}
-    )
 
+def draw_curves(ax, p_curve, curves):
+    """Left panel: each loss's gradient magnitude against p, with its value at p = 0.99."""
     for name, g in curves.items():
-        ax_curve.plot(p_curve, g, color=COLORS[name], lw=2, label=name)
-    ax_curve.axvspan(EASY, 1.0, color="0.9", zorder=0, label=f"easy pixels (p > {EASY})")
-    ax_curve.set(
+        ax.plot(p_curve, g, color=COLORS[name], lw=2, label=name)
+    ax.axvspan(EASY, 1.0, color="0.9", zorder=0, label=f"easy pixels (p > {EASY})")
+    ax.set(
         xlim=(0.5, 1.0),
         ylim=(0, None),
         xlabel="probability p of the predicted class",
@@ -110,7 +108,7 @@ def main():
     )
     for name, g in curves.items():
         at = np.searchsorted(p_curve, 0.99)
-        ax_curve.annotate(
+        ax.annotate(
             f"{g[at]:.2f} at p = 0.99",
             (p_curve[at], g[at]),
             xytext=(-105, 8),
@@ -118,26 +116,53 @@ def main():
             color=COLORS[name],
             arrowprops={"arrowstyle": "->", "color": COLORS[name]},
         )
-    ax_curve.legend(loc="upper left")
+    ax.legend(loc="upper left")
 
+
+def draw_mixture(ax, p_mix, easy, pixel_share):
+    """Middle panel: histogram of the mixture's confidences, easy and hard pixels."""
     bins = np.linspace(0.5, 1.0, 51)
-    ax_hist.hist(p_mix[~easy], bins=bins, color="tab:orange", label="hard")
-    ax_hist.hist(p_mix[easy], bins=bins, color="tab:green", label="easy")
-    ax_hist.set(
+    ax.hist(p_mix[~easy], bins=bins, color="tab:orange", label="hard")
+    ax.hist(p_mix[easy], bins=bins, color="tab:green", label="easy")
+    ax.set(
         xlabel="probability p of the predicted class",
         ylabel="pixels (log scale)",
         ylim=(300, None),
         yscale="log",
         title=f"Confidence mixture ({pixel_share:.0%} easy)",
     )
-    ax_hist.legend(loc="upper left")
+    ax.legend(loc="upper left")
 
+
+def draw_shares(ax, pixel_share, shares):
+    """Right panel: the easy pixels' share of the pixels and of each loss's gradient."""
     names = ["share of\npixels", "entropy\ngradient", "max squares\ngradient"]
     values = [pixel_share, shares["entropy (MinEnt)"], shares["max squares"]]
-    bars = ax_bar.bar(names, values, color=["0.6", COLORS["entropy (MinEnt)"], "tab:blue"])
-    ax_bar.bar_label(bars, labels=[f"{v:.1%}" for v in values], padding=3)
-    ax_bar.set(ylim=(0, 1.08), ylabel="share going to easy pixels", title="Who gets the gradient")
+    bars = ax.bar(names, values, color=["0.6", COLORS["entropy (MinEnt)"], "tab:blue"])
+    ax.bar_label(bars, labels=[f"{v:.1%}" for v in values], padding=3)
+    ax.set(ylim=(0, 1.08), ylabel="share going to easy pixels", title="Who gets the gradient")
 
+
+def main():
+    args = parse_args()
+
+    # Curves: gradient magnitude as a function of the predicted probability.
+    p_curve = np.linspace(0.5, 0.9999, 2000)
+    curves = {name: per_pixel_grad_wrt_p(fn, p_curve) for name, fn in LOSSES.items()}
+
+    # Mixture: how the total gradient splits between easy and hard pixels.
+    p_mix = confidence_mixture(args.pixels, args.easy_fraction, args.seed)
+    easy = p_mix > EASY
+    shares, ratios = gradient_split(p_mix, easy)
+    pixel_share = easy.mean()
+    print_table(args.pixels, pixel_share, shares, ratios)
+
+    fig, (ax_curve, ax_hist, ax_bar) = plt.subplots(
+        1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1.3, 1, 0.9]}
+    )
+    draw_curves(ax_curve, p_curve, curves)
+    draw_mixture(ax_hist, p_mix, easy, pixel_share)
+    draw_shares(ax_bar, pixel_share, shares)
     fig.suptitle(
         "Entropy minimisation hands the gradient to easy pixels; maximum squares grows only "
         "linearly in p (computed with jax.grad on msjax.losses)",
